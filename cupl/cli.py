@@ -1,0 +1,40 @@
+"""The `cupl` command: one subcommand per task, each implemented beside the idea it runs.
+
+Every subcommand lives in its own module, which exposes `configure_parser(parser)` and
+`main(args) -> int`; this file only routes, so modules stay independent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "synth": ("cupl.data.synth", "write an embedded synthetic benchmark bank (.h5)"),
+    "import": ("cupl.data.importers", "import real I3D / VGGish features into a bank"),
+    "train": ("cupl.train", "run the two-stage method on a bank"),
+    "evaluate": ("cupl.checkpoint", "evaluate a stage-2 checkpoint (cupl or official) on a bank"),
+    "book": ("cupl.book", "execute the notebook chain with papermill and build the book"),
+    "collect": ("cupl.collect", "gather glued results of executed notebooks into one table"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cupl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.configure_parser(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

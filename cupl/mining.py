@@ -1,0 +1,105 @@
+"""Reliable clip mining (Sec. 3.3): which pseudo labels to trust, and the temporal memory.
+
+`reliable_indices` keeps the R% least uncertain clips of a video (Algorithm 1, l. 11-12);
+`temporal_context` builds the temporal clip feature c-bar_t = [c_t, mean(c_{t-w} .. c_{t-1})]
+from a long-term feature memory of the video's own clips (window w = 5 in the released code).
+The `*_split` / `context_features` forms do the same for every video of a split at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cupl._checks import check_finite, check_ndim, check_nonempty
+
+
+def _check_window(window: int):
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+
+
+def _check_ratio(ratio: float):
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+
+
+def keep_count(num_clips: torch.Tensor | int, ratio: float):
+    """max(1, ceil(ratio * T)), with ratio * T rounded to 1e-9 first so that 0.3 * 10 keeps 3."""
+    _check_ratio(ratio)
+    if isinstance(num_clips, torch.Tensor):
+        kept = torch.ceil(torch.round(num_clips.double() * ratio, decimals=9)).long()
+        return kept.clamp(min=1)
+    return max(1, math.ceil(round(num_clips * ratio, 9)))
+
+
+def context_features(features: torch.Tensor, starts: torch.Tensor, index: torch.Tensor,
+                     window: int = 5) -> torch.Tensor:
+    """Temporal clip features for chosen rows of a whole split.
+
+    features: [N, *rest, D] clips of all videos concatenated; starts: [N] first row of each
+    clip's video (`Split.starts`); index: [B] rows.
+    returns: [B, *rest, 2D], row b = concat(c_t, mean(c_{t-w} .. c_{t-1})) with t = index[b],
+    averaging the previous min(w, t - start) clips of the same video, and c_t itself at a
+    video's first clip (the released code's edge rule).
+    """
+    _check_window(window)
+    s = starts[index]
+    total = torch.zeros_like(features[index], dtype=torch.float32)
+    count = torch.zeros(index.shape, dtype=torch.float32, device=features.device)
+    for k in range(1, window + 1):
+        prev = index - k
+        ok = prev >= s
+        total += features[prev.clamp(min=0)].float() * ok.view(-1, *[1] * (features.ndim - 1))
+        count += ok
+    first = count == 0
+    shape = (-1, *[1] * (features.ndim - 1))
+    memory = torch.where(first.view(shape), features[index].float(), total / count.clamp(min=1).view(shape))
+    return torch.cat([features[index], memory.to(features.dtype)], dim=-1)
+
+
+def temporal_context(clips: torch.Tensor, window: int = 5) -> torch.Tensor:
+    """Long-term feature memory of one video (Sec. 3.3).
+
+    clips: [T, *rest, D]. returns [T, *rest, 2D]; row t is concat(c_t, mean(c_{t-w}..c_{t-1})),
+    using the previous t clips when t < w, and c_0 itself at t = 0.
+    """
+    check_ndim("clips", clips, "[T, *rest, D]", min_ndim=2)
+    check_nonempty("clips", clips)
+    _check_window(window)
+    t = torch.arange(clips.shape[0], device=clips.device)
+    return context_features(clips, torch.zeros_like(t), t, window)
+
+
+def reliable_indices(uncertainty: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The R% most reliable clips of one video (Algorithm 1, l. 11-12).
+
+    uncertainty: [T] (Eq. 10). returns the indices of the max(1, ceil(ratio T)) least
+    uncertain clips, ties broken by lower index, in ascending temporal order.
+    """
+    check_ndim("uncertainty", uncertainty, "[T]", ndim=1)
+    check_nonempty("uncertainty", uncertainty)
+    check_finite("uncertainty", uncertainty)
+    n = keep_count(uncertainty.shape[0], ratio)
+    order = torch.sort(uncertainty, stable=True).indices
+    return torch.sort(order[:n]).values
+
+
+def reliable_mask_split(uncertainty: torch.Tensor, offsets: torch.Tensor, ratio: float) -> torch.Tensor:
+    """`reliable_indices` for every video of a split at once, as a mask.
+
+    uncertainty: [N] per clip of all videos; offsets: [V + 1]. returns a [N] bool mask
+    that, restricted to video v, marks exactly ``reliable_indices(uncertainty[v-rows], ratio)``.
+    Random keys in place of uncertainty give "standard self-training" (same counts, random clips).
+    """
+    check_ndim("uncertainty", uncertainty, "[N]", ndim=1)
+    check_finite("uncertainty", uncertainty)
+    lengths = offsets[1:] - offsets[:-1]
+    video = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)
+    by_value = torch.sort(uncertainty, stable=True).indices
+    order = by_value[torch.sort(video[by_value], stable=True).indices]  # by video, then value, then index
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    rank -= offsets[:-1][video]
+    return rank < keep_count(lengths, ratio)[video]

@@ -1,0 +1,232 @@
+"""Stage-2 checkpoints: the authors' released `UCF_0.8622.pth` and cupl's own, interchangeably.
+
+The released classifier f_c (Sec. 3.3, Sec. 4.2) is a dict ``{"model": state_dict}`` with
+``Regressor.0`` (Linear 4096 -> 512), ReLU, dropout, ``Regressor.3`` (Linear 512 -> 32),
+dropout, ``Regressor.5`` (Linear 32 -> 2) and a softmax whose class 1 is "abnormal". It scores
+``concat(c_t, mean of the previous <= 5 clips)`` per crop (the long-term temporal context,
+w = 5), and a clip's score is the crop average. `cupl.models.ClipClassifier(two_way=True)`
+has the same layers, and its logit ``z_1 - z_0`` gives ``sigmoid(logit) = softmax(z)[1]``, so
+one scoring path serves both formats.
+
+cupl's own files add a format tag, the architecture and the run's configuration:
+``{"format": "cupl.ClipClassifier", "architecture": {...}, "config": {...}, "model": ...}``.
+Everything is loaded with ``torch.load(weights_only=True)``: no code runs from a checkpoint,
+no apex and no CUDA are needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "cupl.ClipClassifier"
+_LAYERS = (0, 3, 5)  # the Linear layers of the released `Regressor` (1: ReLU, 2 and 4: dropout)
+_OFFICIAL_KEYS = {f"Regressor.{i}.{p}" for i in _LAYERS for p in ("weight", "bias")}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is neither the released layout nor cupl's own; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and saving
+
+
+def _official_architecture(path, state: dict) -> dict:
+    keys = set(state)
+    if keys != _OFFICIAL_KEYS:
+        raise CheckpointError(
+            f"{path}: not the released stage-2 layout; missing keys {sorted(_OFFICIAL_KEYS - keys)}, "
+            f"unknown keys {sorted(keys - _OFFICIAL_KEYS)}")
+    w0, w3, w5 = (state[f"Regressor.{i}.weight"] for i in _LAYERS)
+    if w3.shape[1] != w0.shape[0] or w5.shape[1] != w3.shape[0] or w5.shape[0] != 2:
+        raise CheckpointError(
+            f"{path}: layer shapes {tuple(w0.shape)}, {tuple(w3.shape)}, {tuple(w5.shape)} do not chain "
+            f"into in -> h1 -> h2 -> 2")
+    return {"in_dim": w0.shape[1], "hidden": (w0.shape[0], w3.shape[0]), "dropout": 0.8, "two_way": True}
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """A `ClipClassifier` in eval mode from the released ``{"model": ...}`` file or a cupl file.
+
+    Raises CheckpointError for any other layout (missing or unknown keys, wrong shapes).
+    """
+    from cupl.models import ClipClassifier
+
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({err})") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'model' state dict, got {type(blob).__name__}"
+                              + (f" with keys {sorted(blob)}" if isinstance(blob, dict) else ""))
+    state = blob["model"]
+    if blob.get("format") == FORMAT:
+        arch = dict(blob["architecture"])
+    else:
+        arch = _official_architecture(path, state)
+        state = {k.replace("Regressor.", "regressor.", 1): v for k, v in state.items()}
+    model = ClipClassifier(arch["in_dim"], tuple(arch["hidden"]), arch["dropout"], arch["two_way"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: state dict does not fit ClipClassifier{tuple(arch.values())}: {err}") from None
+    return model.eval()
+
+
+def write_atomic(path: Path, write):
+    """Run `write(binary file)` on a temporary file beside `path`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            write(fp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _check_plain(value, where: str):
+    """Configs must be plain data, so that weights-only loading can read them back."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"config key {where}.{k!r} must be a string")
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(value, _PLAIN):
+        raise ValueError(f"config value {where} has type {type(value).__name__}; use str, int, float, "
+                         f"bool, None, lists or dicts")
+
+
+def save_checkpoint(path, model, config=None) -> Path:
+    """Write `model` (a ClipClassifier) and its run `config` (dict or dataclass) atomically."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    config = dict(config or {})
+    _check_plain(config, "config")
+    blob = {
+        "format": FORMAT,
+        "architecture": {"in_dim": model.in_dim, "hidden": list(model.hidden), "dropout": model.dropout,
+                         "two_way": model.two_way},
+        "config": config,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    write_atomic(path, lambda fp: torch.save(blob, fp))
+    return path
+
+
+def load_config(path) -> dict:
+    """The run configuration stored in a cupl checkpoint ({} for the released file)."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return dict(blob.get("config", {})) if isinstance(blob, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring and evaluation
+
+
+def score_split(model, split, window: int = 5, batch_size: int = 2048, device=None,
+                progress: bool = False) -> torch.Tensor:
+    """Anomaly probability of every clip of `split`: [N], crop-averaged, on the CPU.
+
+    Each crop of clip t is scored on ``concat(c_t, context_t)`` (`cupl.mining.context_features`,
+    window `w`), the probabilities ``sigmoid(logit)`` (= softmax class 1 for the released head)
+    are averaged over the crops. Batches of `batch_size` clips run on `device`.
+    """
+    from tqdm.auto import tqdm
+
+    from cupl.mining import context_features
+
+    features = split.features
+    if model.in_dim != 2 * features.shape[-1]:
+        raise ValueError(
+            f"classifier expects {model.in_dim}-d inputs = concat(clip, context) of {model.in_dim // 2}-d "
+            f"clips, but the split has {features.shape[-1]}-d clips (shape {tuple(features.shape)})")
+    device = torch.device(device) if device is not None else features.device
+    model = model.to(device).eval()
+    starts = split.starts
+    scores = torch.empty(split.num_clips, dtype=torch.float32)
+    with torch.no_grad():
+        for lo in tqdm(range(0, split.num_clips, batch_size), desc="scoring", unit="batch",
+                       disable=not progress):
+            index = torch.arange(lo, min(lo + batch_size, split.num_clips), device=features.device)
+            x = context_features(features, starts, index, window).to(device, torch.float32)
+            scores[lo:lo + len(index)] = torch.sigmoid(model(x)).mean(-1).cpu()
+    return scores
+
+
+def evaluate_checkpoint(checkpoint, bank, *, modality: str = "rgb", window: int = 5,
+                        batch_size: int = 2048, device=None, progress: bool = True) -> dict:
+    """Load `checkpoint`, score the test split of `bank` and apply the field's protocol.
+
+    Returns `cupl.evaluate.evaluate_scores`'s metrics ("auc", "ap", "pr_auc", "auc_abnormal")
+    plus "clip_scores" ([N] tensor, list order) and what was evaluated.
+    """
+    from cupl.data.bank import FeatureBank
+    from cupl.evaluate import evaluate_scores
+
+    model = load_checkpoint(checkpoint)
+    with FeatureBank.open(bank) as features:
+        split = features.load_split("test", modality=modality, dtype=torch.float32)
+    scores = score_split(model, split, window=window, batch_size=batch_size, device=device,
+                         progress=progress)
+    result = dict(evaluate_scores(scores, split))
+    result.update(clip_scores=scores, checkpoint=str(checkpoint), bank=str(bank),
+                  modality=modality, window=window, num_videos=split.num_videos)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# `cupl evaluate`
+
+
+def configure_parser(parser):
+    parser.add_argument("--checkpoint", required=True, help="stage-2 checkpoint (released UCF_0.8622.pth or cupl's)")
+    parser.add_argument("--bank", required=True, help="feature bank (.h5) with a test split")
+    parser.add_argument("--modality", default="rgb", choices=["rgb", "audio", "rgb+audio"],
+                        help="features to score (default: %(default)s)")
+    parser.add_argument("--window", type=int, default=5, help="temporal context window w (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=2048, help="clips per batch (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    parser.add_argument("--json", help="write the metrics to this JSON file")
+    parser.add_argument("--frame-scores", help="write the frame scores (16 per clip, list order) to this .npy")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args) -> int:
+    import json
+
+    import numpy as np
+
+    from cupl.evaluate import frame_scores
+
+    try:
+        result = evaluate_checkpoint(args.checkpoint, args.bank, modality=args.modality, window=args.window,
+                                     batch_size=args.batch_size, device=args.device,
+                                     progress=not args.no_progress)
+    except (CheckpointError, ValueError) as err:
+        print(f"cupl evaluate: {err}")
+        return 1
+    clip_scores = result.pop("clip_scores")
+    for key in ("auc", "ap", "pr_auc", "auc_abnormal"):
+        if key in result:
+            print(f"{key:>13}: {result[key]:.4f}")
+    if args.json:
+        text = json.dumps(result, indent=2, default=float).encode()
+        write_atomic(Path(args.json), lambda fp: fp.write(text))
+    if args.frame_scores:
+        frames = frame_scores(clip_scores).numpy()
+        write_atomic(Path(args.frame_scores), lambda fp: np.save(fp, frames))
+    return 0

@@ -236,12 +236,11 @@ def _duplicates(names) -> list[str]:
     return [n for n, c in Counter(names).items() if c > 1]
 
 
-def _cross_check(listed: list[str], annotated, list_path, ann_path) -> list[str]:
-    """Videos in the list but not annotated, and annotated but not in the list."""
-    listed_set, annotated_set = set(listed), set(annotated)
-    problems = [f"{name}: in {list_path} but not in {ann_path}" for name in listed if name not in annotated_set]
-    problems += [f"{name}: annotated in {ann_path} but not in {list_path}"
-                 for name in annotated if name not in listed_set]
+def _cross_check(listed, other, list_path, other_path) -> list[str]:
+    """Videos of a list missing from another file (annotations, audio list), and the reverse."""
+    listed_set, other_set = set(listed), set(other)
+    problems = [f"{name}: in {list_path} but not in {other_path}" for name in listed if name not in other_set]
+    problems += [f"{name}: in {other_path} but not in {list_path}" for name in other if name not in listed_set]
     return problems
 
 

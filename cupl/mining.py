@@ -35,28 +35,34 @@ def keep_count(num_clips: torch.Tensor | int, ratio: float):
 
 
 def context_features(features: torch.Tensor, starts: torch.Tensor, index: torch.Tensor,
-                     window: int = 5) -> torch.Tensor:
+                     window: int = 5, crop: torch.Tensor | None = None) -> torch.Tensor:
     """Temporal clip features for chosen rows of a whole split.
 
     features: [N, *rest, D] clips of all videos concatenated; starts: [N] first row of each
-    clip's video (`Split.starts`); index: [B] rows.
-    returns: [B, *rest, 2D], row b = concat(c_t, mean(c_{t-w} .. c_{t-1})) with t = index[b],
-    averaging the previous min(w, t - start) clips of the same video, and c_t itself at a
-    video's first clip (the released code's edge rule).
+    clip's video (`Split.starts`); index: [B] rows; crop: optional [B] crop per row, for
+    features [N, C, D], to take one crop of each row.
+    returns: [B, *rest, 2D] ([B, 2D] with `crop`), row b = concat(c_t, mean(c_{t-w} .. c_{t-1}))
+    with t = index[b], averaging the previous min(w, t - start) clips of the same video, and
+    c_t itself at a video's first clip (the released code's edge rule).
     """
     _check_window(window)
+
+    def rows(i):
+        return features[i] if crop is None else features[i, crop]
+
+    current = rows(index)
     s = starts[index]
-    total = torch.zeros_like(features[index], dtype=torch.float32)
+    total = torch.zeros_like(current, dtype=torch.float32)
     count = torch.zeros(index.shape, dtype=torch.float32, device=features.device)
+    shape = (-1, *[1] * (current.ndim - 1))
     for k in range(1, window + 1):
         prev = index - k
         ok = prev >= s
-        total += features[prev.clamp(min=0)].float() * ok.view(-1, *[1] * (features.ndim - 1))
+        total += rows(prev.clamp(min=0)).float() * ok.view(shape)
         count += ok
-    first = count == 0
-    shape = (-1, *[1] * (features.ndim - 1))
-    memory = torch.where(first.view(shape), features[index].float(), total / count.clamp(min=1).view(shape))
-    return torch.cat([features[index], memory.to(features.dtype)], dim=-1)
+    first = (count == 0).view(shape)
+    memory = torch.where(first, current.float(), total / count.clamp(min=1).view(shape))
+    return torch.cat([current, memory.to(features.dtype)], dim=-1)
 
 
 def temporal_context(clips: torch.Tensor, window: int = 5) -> torch.Tensor:

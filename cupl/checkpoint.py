@@ -51,16 +51,11 @@ def _official_architecture(path, state: dict) -> dict:
     return {"in_dim": w0.shape[1], "hidden": (w0.shape[0], w3.shape[0]), "dropout": 0.8, "two_way": True}
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """A `ClipClassifier` in eval mode from the released ``{"model": ...}`` file or a cupl file.
-
-    Raises CheckpointError for any other layout (missing or unknown keys, wrong shapes).
-    """
-    from cupl.models import ClipClassifier
-
+def _read(path) -> dict:
+    """The checkpoint's top-level dict, loaded weights-only on the CPU."""
     path = Path(path)
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
@@ -68,6 +63,15 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict, got {type(blob).__name__}"
                               + (f" with keys {sorted(blob)}" if isinstance(blob, dict) else ""))
+    return blob
+
+
+def load_checkpoint(path):
+    """A `ClipClassifier` in eval mode, on the CPU, from the released ``{"model": ...}`` file or
+    a cupl file. Raises CheckpointError for any other layout (missing or unknown keys, shapes)."""
+    from cupl.models import ClipClassifier
+
+    blob = _read(path)
     state = blob["model"]
     if blob.get("format") == FORMAT:
         arch = dict(blob["architecture"])
@@ -80,6 +84,11 @@ def load_checkpoint(path, map_location="cpu"):
     except RuntimeError as err:
         raise CheckpointError(f"{path}: state dict does not fit ClipClassifier{tuple(arch.values())}: {err}") from None
     return model.eval()
+
+
+def load_config(path) -> dict:
+    """The run configuration stored in a cupl checkpoint; {} for the released file."""
+    return dict(_read(path).get("config", {}))
 
 
 def write_atomic(path: Path, write):
@@ -127,64 +136,56 @@ def save_checkpoint(path, model, config=None) -> Path:
     return path
 
 
-def load_config(path) -> dict:
-    """The run configuration stored in a cupl checkpoint ({} for the released file)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return dict(blob.get("config", {})) if isinstance(blob, dict) else {}
-
-
 # ---------------------------------------------------------------------------------------
 # Scoring and evaluation
 
 
-def score_split(model, split, window: int = 5, batch_size: int = 2048, device=None,
-                progress: bool = False) -> torch.Tensor:
-    """Anomaly probability of every clip of `split`: [N], crop-averaged, on the CPU.
+def score_split(model, split, window: int = 5, batch_size: int = 65536, device=None,
+                crops: str = "each") -> torch.Tensor:
+    """Anomaly probability of every clip of `split`: [N] on the CPU, list order (Sec. 3.4).
 
-    Each crop of clip t is scored on ``concat(c_t, context_t)`` (`cupl.mining.context_features`,
-    window `w`), the probabilities ``sigmoid(logit)`` (= softmax class 1 for the released head)
-    are averaged over the crops. Batches of `batch_size` clips run on `device`.
+    Each crop of clip t is scored on ``concat(c_t, mean of the previous <= w clips)`` and the
+    probabilities ``sigmoid(logit)`` (= softmax class 1 for the released head) are averaged
+    over the crops; ``crops="mean"`` averages the crops' features first, for models trained
+    that way. `batch_size` counts (clip, crop) inputs per forward pass, on `device`.
     """
-    from tqdm.auto import tqdm
+    from cupl.train import prepare_split, score_clips
 
-    from cupl.mining import context_features
-
-    features = split.features
-    if model.in_dim != 2 * features.shape[-1]:
+    if model.in_dim != 2 * split.features.shape[-1]:
         raise ValueError(
             f"classifier expects {model.in_dim}-d inputs = concat(clip, context) of {model.in_dim // 2}-d "
-            f"clips, but the split has {features.shape[-1]}-d clips (shape {tuple(features.shape)})")
-    device = torch.device(device) if device is not None else features.device
-    model = model.to(device).eval()
-    starts = split.starts
-    scores = torch.empty(split.num_clips, dtype=torch.float32)
-    with torch.no_grad():
-        for lo in tqdm(range(0, split.num_clips, batch_size), desc="scoring", unit="batch",
-                       disable=not progress):
-            index = torch.arange(lo, min(lo + batch_size, split.num_clips), device=features.device)
-            x = context_features(features, starts, index, window).to(device, torch.float32)
-            scores[lo:lo + len(index)] = torch.sigmoid(model(x)).mean(-1).cpu()
-    return scores
+            f"clips, but the split has {split.features.shape[-1]}-d clips (shape {tuple(split.features.shape)})")
+    device = torch.device(device) if device is not None else split.features.device
+    split = prepare_split(split, crops, device)
+    return score_clips(model.to(device), split, window, batch_size=batch_size).cpu()
 
 
-def evaluate_checkpoint(checkpoint, bank, *, modality: str = "rgb", window: int = 5,
-                        batch_size: int = 2048, device=None, progress: bool = True) -> dict:
-    """Load `checkpoint`, score the test split of `bank` and apply the field's protocol.
+def evaluate_checkpoint(checkpoint, bank, *, modality: str | None = None, window: int | None = None,
+                        batch_size: int = 65536, device=None, progress: bool = True) -> dict:
+    """Load `checkpoint`, score the test split of `bank`, and apply the field's protocol.
 
-    Returns `cupl.evaluate.evaluate_scores`'s metrics ("auc", "ap", "pr_auc", "auc_abnormal")
-    plus "clip_scores" ([N] tensor, list order) and what was evaluated.
+    modality, window: None takes them from a cupl checkpoint's config, else the released
+    setting ("rgb", w = 5); the crop handling always comes from the config ("each" if none).
+    Returns `cupl.evaluate.evaluate_scores`'s "auc", "ap", "pr_auc", "auc_abnormal", plus
+    "metric" (the figure the paper reports for this bank's dataset: "pr_auc" for XD-Violence,
+    whose Table 3 uses ``auc(recall, precision)``, else "auc"), "clip_scores" ([N] tensor,
+    list order) and what was evaluated.
     """
     from cupl.data.bank import FeatureBank
     from cupl.evaluate import evaluate_scores
 
     model = load_checkpoint(checkpoint)
+    config = load_config(checkpoint)
+    modality = modality or config.get("modality", "rgb")
+    window = window or config.get("self_train", {}).get("window", 5)
+    crops = config.get("crops", "each")
     with FeatureBank.open(bank) as features:
-        split = features.load_split("test", modality=modality, dtype=torch.float32)
-    scores = score_split(model, split, window=window, batch_size=batch_size, device=device,
-                         progress=progress)
+        split = features.load_split("test", modality=modality, progress=progress)
+    scores = score_split(model, split, window=window, batch_size=batch_size, device=device, crops=crops)
     result = dict(evaluate_scores(scores, split))
-    result.update(clip_scores=scores, checkpoint=str(checkpoint), bank=str(bank),
-                  modality=modality, window=window, num_videos=split.num_videos)
+    result.update(metric="pr_auc" if split.attrs.get("source") == "xd-violence" else "auc",
+                  clip_scores=scores, checkpoint=str(checkpoint), bank=str(bank), modality=modality,
+                  window=window, crops=crops, num_videos=split.num_videos)
     return result
 
 
@@ -195,10 +196,12 @@ def evaluate_checkpoint(checkpoint, bank, *, modality: str = "rgb", window: int 
 def configure_parser(parser):
     parser.add_argument("--checkpoint", required=True, help="stage-2 checkpoint (released UCF_0.8622.pth or cupl's)")
     parser.add_argument("--bank", required=True, help="feature bank (.h5) with a test split")
-    parser.add_argument("--modality", default="rgb", choices=["rgb", "audio", "rgb+audio"],
-                        help="features to score (default: %(default)s)")
-    parser.add_argument("--window", type=int, default=5, help="temporal context window w (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=2048, help="clips per batch (default: %(default)s)")
+    parser.add_argument("--modality", choices=["rgb", "audio", "rgb+audio"],
+                        help="features to score (default: the checkpoint's config, else rgb)")
+    parser.add_argument("--window", type=int,
+                        help="temporal context window w (default: the checkpoint's config, else 5)")
+    parser.add_argument("--batch-size", type=int, default=65536,
+                        help="(clip, crop) inputs per forward pass (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     parser.add_argument("--json", help="write the metrics to this JSON file")
     parser.add_argument("--frame-scores", help="write the frame scores (16 per clip, list order) to this .npy")
@@ -220,9 +223,12 @@ def main(args) -> int:
         print(f"cupl evaluate: {err}")
         return 1
     clip_scores = result.pop("clip_scores")
-    for key in ("auc", "ap", "pr_auc", "auc_abnormal"):
-        if key in result:
-            print(f"{key:>13}: {result[key]:.4f}")
+    print(f"{result['num_videos']} test videos of {args.bank}, {result['modality']}, w = {result['window']}")
+    for key, what in (("auc", "frame ROC-AUC (Tables 1, 2)"), ("pr_auc", "AP as auc(recall, precision) (Table 3)"),
+                      ("ap", "AP, scikit-learn average_precision_score"),
+                      ("auc_abnormal", "ROC-AUC on abnormal videos only")):
+        mark = "*" if key == result["metric"] else " "
+        print(f"{mark} {key:>12} {result[key]:.4f}  {what}")
     if args.json:
         text = json.dumps(result, indent=2, default=float).encode()
         write_atomic(Path(args.json), lambda fp: fp.write(text))

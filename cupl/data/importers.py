@@ -106,9 +106,10 @@ def open_features(path: Path) -> np.ndarray:
         raise FeatureImportError([f"{path}: missing file"])
     with open(path, "rb") as fp:
         magic = fp.read(6)
+    if magic[:1] == b"\x80":  # the pickle protocol opcode
+        raise FeatureImportError([_pickle_refusal(path, "a pickled Python file, not a .npy array")])
     if magic != b"\x93NUMPY":
-        what = "a pickled Python file, not a .npy array" if magic[:1] == b"\x80" else "not a .npy file"
-        raise FeatureImportError([_pickle_refusal(path, what) if magic[:1] == b"\x80" else f"{path}: {what}"])
+        raise FeatureImportError([f"{path}: not a .npy file"])
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:

@@ -191,21 +191,23 @@ def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | Non
 def synthetic_bank(profile: str, cache_dir: Path, progress: bool = True) -> Path:
     """The embedded benchmark bank for `profile`, written once under `cache_dir`.
 
-    The file name carries preset, profile, seed and a digest of the `cupl.data` sources
-    (the generator version), so a changed generator writes a new bank."""
+    The file name carries preset, profile, seed, the generator's GENERATOR_VERSION and a
+    digest of the `cupl.data` sources, so a changed generator never reuses an old bank
+    even when its version number was not bumped."""
     import cupl.data
-    from cupl.data.synth import write_synthetic
+    from cupl.data.synth import GENERATOR_VERSION, write_synthetic
 
-    version = tree_digest(Path(cupl.data.__file__).parent)[:12]
-    path = cache_dir / f"{BANK_PRESET}-{profile}-seed{BANK_SEED}-{version}.h5"
+    sources = tree_digest(Path(cupl.data.__file__).parent)[:8]
+    stem = f"{BANK_PRESET}-{profile}-seed{BANK_SEED}-v{GENERATOR_VERSION}-{sources}"
+    path = cache_dir / f"{stem}.h5"
     if path.is_file():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.h5")
+    tmp = path.with_name(f".{stem}.{os.getpid()}.tmp.h5")
     if progress:
         print(f"writing the synthetic {BANK_PRESET} bank, profile {profile!r}: {path}", flush=True)
     try:
-        write_synthetic(tmp, preset=BANK_PRESET, profile=profile, seed=BANK_SEED)
+        write_synthetic(tmp, preset=BANK_PRESET, profile=profile, seed=BANK_SEED, progress=progress)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -336,13 +338,16 @@ def run_chain(
     force: bool = False,
     build: bool = True,
     progress: bool = True,
+    cache_dir: Path | str | None = None,
 ) -> ChainResult:
     """Execute the chain of `_toc.yml` under `root` and (unless `build=False`) build the book.
 
-    bank: a feature bank file; None makes (or reuses) the synthetic bank of `profile` under
-    `root/.cupl-cache/`. seeds, device: passed only when given. extra: more parameters, each
-    of which every selected notebook must declare. only: notebook numbers or names to run.
-    Raises UnknownParameterError before anything runs, NotebookFailed, BuildFailed.
+    bank: a feature bank file; None makes (or reuses) the synthetic bank of `profile`
+    under `cache_dir` (default `root/.cupl-cache/banks`). seeds, device: passed only when
+    given. extra: more parameters, each of which every selected notebook must declare.
+    only: notebook numbers or names to run. progress: per-notebook lines and papermill's
+    cell progress bar. Raises UnknownParameterError before anything runs, NotebookFailed,
+    BuildFailed.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -357,7 +362,8 @@ def run_chain(
     bank_path, bank_hash = None, None
     if any("bank" in d for d in declared.values()):
         if bank is None:
-            bank_path = synthetic_bank(profile, root / ".cupl-cache" / "banks", progress)
+            cache = Path(cache_dir) if cache_dir else root / ".cupl-cache" / "banks"
+            bank_path = synthetic_bank(profile, cache, progress)
         else:
             bank_path = Path(bank).resolve()
             if not bank_path.is_file():

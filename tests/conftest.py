@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny books made of hand-written notebooks, and the real book on the
+smoke profile, executed and built once per test session into a temporary folder."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks")
+
+
+def write_notebook(path: Path, parameters: str, *code_cells: str) -> Path:
+    """A notebook as the book stores them: a markdown title, a `parameters` cell, code
+    cells, a closing markdown cell, no outputs."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {path.stem}\n\nWhat you will learn: nothing."),
+        params,
+        *[nbformat.v4.new_code_cell(c) for c in code_cells],
+        nbformat.v4.new_markdown_cell("The end."),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def tiny_book(tmp_path):
+    """Factory: a book root in tmp_path whose toc chains the given notebooks, in order.
+
+    notebooks: {name: (parameters source, code cell, ...)}."""
+
+    def make(notebooks: dict[str, tuple[str, ...]]) -> Path:
+        root = tmp_path / "book"
+        for name, (parameters, *cells) in notebooks.items():
+            write_notebook(root / "notebooks" / f"{name}.ipynb", parameters, *cells)
+        chapters = "".join(f"  - file: _executed/notebooks/{n}\n" for n in notebooks)
+        (root / "_toc.yml").write_text(f"format: jb-book\nroot: intro\nchapters:\n{chapters}")
+        (root / "_config.yml").write_text("title: tiny\nexecute:\n  execute_notebooks: 'off'\n")
+        (root / "intro.md").write_text("# Tiny\n")
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """The repository's book on the smoke profile: every notebook of `_toc.yml` executed
+    and the book built (warnings as errors) in a copy of the book sources.
+
+    Returns (root, ChainResult, wall seconds of chain + build)."""
+    from cupl.book import run_chain
+
+    root = tmp_path_factory.mktemp("smoke-book")
+    for name in BOOK_SOURCES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        else:
+            shutil.copy2(source, root / name)
+    start = time.perf_counter()
+    result = run_chain(root, profile="smoke", progress=False,
+                       cache_dir=tmp_path_factory.mktemp("bank-cache"))
+    return root, result, time.perf_counter() - start
+
+
+@pytest.fixture
+def make_notebook():
+    """The `write_notebook` helper, for tests that need stored notebooks of their own."""
+    return write_notebook

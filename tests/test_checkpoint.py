@@ -26,10 +26,10 @@ def official_state_dict(in_dim=4096, seed=0):
     return sd
 
 
-def reference_clip_scores(sd, clips):
+def reference_clip_scores(sd, clips, window=5):
     """The released evaluation, written out: clips [T, C, D] -> [T] crop-mean softmax class 1.
 
-    Row t is concat(c_t, mean(c_{t-5} .. c_{t-1})), the previous t clips when t < 5, c_0 at t = 0.
+    Row t is concat(c_t, mean(c_{t-w} .. c_{t-1})), the previous t clips when t < w, c_0 at t = 0.
     """
     w0, b0 = sd["Regressor.0.weight"].double(), sd["Regressor.0.bias"].double()
     w3, b3 = sd["Regressor.3.weight"].double(), sd["Regressor.3.bias"].double()
@@ -37,7 +37,7 @@ def reference_clip_scores(sd, clips):
     clips = torch.as_tensor(clips, dtype=torch.float64)
     scores = []
     for t in range(clips.shape[0]):
-        context = clips[0] if t == 0 else clips[max(0, t - 5):t].mean(0)
+        context = clips[0] if t == 0 else clips[max(0, t - window):t].mean(0)
         x = torch.cat([clips[t], context], dim=-1)
         h = torch.clamp(x @ w0.T + b0, min=0) @ w3.T + b3
         z = h @ w5.T + b5
@@ -228,3 +228,48 @@ def test_scores_on_cuda_match_cpu(tmp_path):
     cpu = score_split(load_checkpoint(tmp_path / "o.pth"), split)
     gpu = score_split(load_checkpoint(tmp_path / "o.pth"), split, device="cuda")
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-5)
+
+
+def test_cupl_checkpoint_config_sets_window_crops_and_fusion(tmp_path):
+    """An XD-style bank (5 crops + VGGish), a cupl model trained on rgb+audio with crops averaged
+    and w = 2: evaluate_checkpoint takes all three from the stored config and reports pr_auc."""
+    from sklearn.metrics import auc, precision_recall_curve
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "xd"
+    root.mkdir()
+    videos = {"Train.A__#0_label_A": 3, "Train.B__#0_label_B1-0-0": 2,
+              "Test.A__#1_label_B2-0-0": 6, "Test.B__#1_label_A": 4}
+    data = {}
+    for name, t in videos.items():
+        rgb = rng.normal(size=(t, 5, 6)).astype(np.float32)
+        audio = rng.normal(size=(t, 128)).astype(np.float32)
+        for k in range(5):
+            np.save(root / f"{name}__{k}.npy", rgb[:, k])
+        np.save(root / f"{name}__vggish.npy", audio)
+        data[name] = np.concatenate([rgb, np.repeat(audio[:, None], 5, axis=1)], axis=-1)
+    for split, names in (("train", list(videos)[:2]), ("test", list(videos)[2:])):
+        (tmp_path / f"{split}.list").write_text("".join(f"{n}__{k}.npy\n" for n in names for k in range(5)))
+        (tmp_path / f"{split}_audio.list").write_text("".join(f"{n}__vggish.npy\n" for n in names))
+    (tmp_path / "annotations.txt").write_text("Test.A__#1_label_B2-0-0.mp4 20 50\n")
+    from cupl.data.importers import import_xd
+
+    bank = import_xd(tmp_path / "train.list", tmp_path / "test.list", tmp_path / "annotations.txt",
+                     tmp_path / "xd.h5", audio_train_list=tmp_path / "train_audio.list",
+                     audio_test_list=tmp_path / "test_audio.list", feature_root=root, dtype="float32",
+                     progress=False)
+    torch.manual_seed(0)
+    model = ClipClassifier(in_dim=2 * 134, two_way=True)
+    config = {"modality": "rgb+audio", "crops": "mean", "self_train": {"window": 2}}
+    save_checkpoint(tmp_path / "f_c.pth", model, config)
+    result = checkpoint.evaluate_checkpoint(tmp_path / "f_c.pth", bank, progress=False)
+    assert (result["modality"], result["window"], result["crops"], result["metric"]) == ("rgb+audio", 2, "mean", "pr_auc")
+
+    sd = {k.replace("regressor.", "Regressor."): v for k, v in model.state_dict().items()}
+    want = np.concatenate([reference_clip_scores(sd, data[n].mean(1, keepdims=True), window=2)
+                           for n in list(videos)[2:]])
+    np.testing.assert_allclose(result["clip_scores"].numpy(), want, atol=1e-6, rtol=0)
+    labels = np.zeros(16 * 10)
+    labels[20:50] = 1
+    precision, recall, _ = precision_recall_curve(labels, np.repeat(want, 16))
+    assert result["pr_auc"] == pytest.approx(auc(recall, precision), abs=1e-6)

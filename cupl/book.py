@@ -37,6 +37,7 @@ BANK_SEED = 0
 # Files up to this size are hashed whole; larger (real) banks by size, head and tail.
 FULL_HASH_LIMIT = 256 * 2**20
 EDGE_BYTES = 16 * 2**20
+STATUS_TEXT = {"executed": "executed in this run", "unchanged": "inputs unchanged, reused"}
 PROVENANCE_PACKAGES = (
     "cupl", "torch", "numpy", "h5py", "scikit-learn", "matplotlib", "pandas",
     "papermill", "nbclient", "ipykernel", "jupyter-book", "myst-nb", "sphinx",
@@ -245,7 +246,8 @@ def _kernel_manager_class():
 
 def _failed_cell(source_nb: Path, partial: Path | None) -> tuple[int, int, str]:
     """(1-based index, number of cells, first line) in the stored notebook of the cell that
-    raised, found by cell id in the partial copy (papermill adds cells of its own)."""
+    raised, found in the partial copy (papermill adds cells of its own) by cell id, or by
+    source where the stored notebook has no ids. Index 0: no cell was marked as failed."""
     import nbformat
 
     cells = nbformat.read(source_nb, as_version=4).cells
@@ -258,7 +260,9 @@ def _failed_cell(source_nb: Path, partial: Path | None) -> tuple[int, int, str]:
         )
     if failing is None:
         return 0, len(cells), ""
-    index = next((i for i, c in enumerate(cells) if c.get("id") == failing.get("id")), -1)
+    index = next((i for i, c in enumerate(cells) if c.get("id") == failing.get("id")), None)
+    if index is None:
+        index = next((i for i, c in enumerate(cells) if c.source == failing.source), -1)
     first_line = (failing.source.strip().splitlines() or [""])[0]
     return index + 1, len(cells), first_line
 
@@ -270,9 +274,9 @@ def _failure_message(root: Path, name: str, exc: BaseException, partial: Path | 
         error = f"{exc.ename}: {exc.evalue}"
     else:
         error = f"{type(exc).__name__}: {exc}"
-    where = f"cell {index} of {count} (`{first_line}`)" if index > 0 else "before any cell ran"
+    where = f" in cell {index} of {count} (`{first_line}`)" if index > 0 else " (no cell reported it)"
     kept = f"partially executed copy: {partial.relative_to(root)}" if partial else "no partial copy"
-    return f"notebooks/{name}.ipynb failed in {where}: {error}\n{kept}"
+    return f"notebooks/{name}.ipynb failed{where}: {error}\n{kept}"
 
 
 def remove_book(root: Path) -> None:
@@ -297,8 +301,8 @@ def execute_notebook(root: Path, name: str, params: dict, progress: bool) -> flo
     try:
         papermill.execute_notebook(
             str(root / "notebooks" / f"{name}.ipynb"), str(running), parameters=params,
-            kernel_name="python3", kernel_manager_class=_kernel_manager_class(), cwd=str(root / "notebooks"),
-            progress_bar=progress,
+            kernel_name="python3", kernel_manager_class=_kernel_manager_class(),
+            cwd=str(root / "notebooks"), progress_bar=progress,
         )
     except BaseException as exc:
         partial = None
@@ -448,10 +452,10 @@ def write_provenance(root: Path, runs: list[NotebookRun], profile: str, bank: Pa
         record = _read_json(executed.with_suffix(".run.json"))
         run = by_name.get(name)
         if run is not None:
-            status = "executed in this run" if run.status == "executed" else "inputs unchanged, reused"
-            rows.append((name, status, f"{run.wall_s:.1f}", run.finished))
+            rows.append((name, STATUS_TEXT[run.status], f"{run.wall_s:.1f}", run.finished))
         elif executed.is_file() and record:
-            rows.append((name, "not selected, earlier copy", f"{record['wall_s']:.1f}", record["finished"]))
+            wall = f"{record['wall_s']:.1f}"
+            rows.append((name, "not selected, earlier copy", wall, record["finished"]))
         else:
             rows.append((name, "not executed", "", ""))
 

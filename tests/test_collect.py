@@ -89,7 +89,8 @@ def test_other_glue_formats(tmp_path):
 def test_name_clash_and_empty_folder_are_refused(tmp_path):
     nb = {"metadata": {"papermill": {"parameters": {"auc": 1}}}, "cells": [
         {"cell_type": "code", "outputs": [
-            {"output_type": "display_data", "metadata": {"scrapbook": {"name": "auc", "mime_prefix": ""}},
+            {"output_type": "display_data",
+             "metadata": {"scrapbook": {"name": "auc", "mime_prefix": ""}},
              "data": {"text/plain": "0.5"}}]}]}
     with pytest.raises(FileNotFoundError, match="no executed notebooks"):
         collect.collect(tmp_path)

@@ -196,22 +196,26 @@ class RunResult:
 
 
 def run(config: RunConfig, train: Split, test: Split, *, oracle: torch.Tensor | None = None,
-        progress: bool = True, keep_arrays: bool = False) -> RunResult:
+        progress: bool = True, keep_arrays: bool = False,
+        generator_model: MultiHeadClassifier | None = None) -> RunResult:
     """Algorithm 1 end to end, with the final f_c evaluated on `test` after every iteration.
 
     oracle: optional [N] clip-level truth of the train split (synthetic banks only), used
     only to report pseudo-label quality per iteration; training never reads it.
     keep_arrays: keep each iteration's pseudo labels, uncertainty and selection (CPU).
+    generator_model: a stage-1 f_g already trained with this config's generator settings and
+    seed (`RunResult.generator` of an earlier run); stage 1 is then skipped, and the run is
+    identical to one that trained it, because stage 2 draws from its own seeded streams.
     """
     config.validate()
     device = torch.device(config.device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        return _run(config, train, test, oracle, progress, keep_arrays, device)
+        return _run(config, train, test, oracle, progress, keep_arrays, device, generator_model)
 
 
-def _run(config, train, test, oracle, progress, keep_arrays, device) -> RunResult:
+def _run(config, train, test, oracle, progress, keep_arrays, device, generator_model) -> RunResult:
     from cupl.diagnostics import pseudo_label_quality
 
     gen = torch.Generator().manual_seed(config.seed)
@@ -228,7 +232,14 @@ def _run(config, train, test, oracle, progress, keep_arrays, device) -> RunResul
 
     train = timed("load", prepare_split, train, config.crops, device)
     test = timed("load", prepare_split, test, config.crops, device)
-    f_g = timed("stage1", train_generator, train, config.generator, generator=gen, amp=amp, progress=progress)
+    if generator_model is None:
+        f_g = timed("stage1", train_generator, train, config.generator, generator=gen, amp=amp, progress=progress)
+    else:
+        f_g = generator_model.to(device).eval()
+        timings["stage1"] = 0.0
+    # stage 2 starts from its own streams, so reusing a stage-1 model changes nothing downstream
+    gen = torch.Generator().manual_seed(config.seed + 7919)
+    torch.manual_seed(config.seed + 7919)
     normal_rows = (train.labels == 0).repeat_interleave(train.lengths)
     model, window, f_c, history, arrays = f_g, None, None, [], []
     for it in range(1, st.iterations + 1):

@@ -1,0 +1,99 @@
+"""Figure helpers for the book: each draws on a given matplotlib Axes and returns it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAPER_STYLE = {"color": "0.35", "linestyle": "--", "marker": "s", "markersize": 4}
+
+
+def _np(x):
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def shade_intervals(ax, mask, x=None, color="tab:red", alpha=0.15, label="annotated anomaly"):
+    """Shade the runs of ones in a 0/1 mask (frames or clips) along x."""
+    mask = _np(mask).astype(bool)
+    x = np.arange(len(mask)) if x is None else _np(x)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    for i, (start, end) in enumerate(zip(edges[::2], edges[1::2])):
+        ax.axvspan(x[start], x[min(end, len(x)) - 1], color=color, alpha=alpha, lw=0,
+                   label=label if i == 0 else None)
+    return ax
+
+
+def score_curve(ax, frame_scores, frame_labels=None, title=None, color="tab:blue", label="anomaly score"):
+    """A test video's frame scores with its annotated intervals shaded (the paper's Fig. 5)."""
+    s = _np(frame_scores)
+    if frame_labels is not None:
+        shade_intervals(ax, _np(frame_labels)[: len(s)])
+    ax.plot(np.arange(len(s)), s, color=color, lw=1.2, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("score")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def head_curves(ax, head_scores, truth=None, title=None):
+    """Per-head segment scores of one video [S, K], with the true anomalous share shaded (Fig. 1)."""
+    h = _np(head_scores)
+    if truth is not None:
+        shade_intervals(ax, _np(truth) > 0.5, label="anomalous segment (oracle)")
+    for k in range(h.shape[1]):
+        ax.plot(np.arange(h.shape[0]), h[:, k], marker=".", lw=1, label=f"head {k + 1}")
+    ax.set_xlabel("segment")
+    ax.set_ylabel("softmax score")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def roc(ax, fpr, tpr, label):
+    ax.plot(_np(fpr), _np(tpr), label=label)
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    return ax
+
+
+def pr(ax, recall, precision, label):
+    ax.plot(_np(recall), _np(precision), label=label)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    return ax
+
+
+def sweep(ax, summary, metric="auc", paper=None, label="cupl (mean ± std)", xlabel=None, logx=False):
+    """Mean ± std per value from `experiments.summarize`, with the paper's numbers if given.
+
+    summary: DataFrame indexed by the swept value with columns (metric, mean|std).
+    paper: {value: number in percent} — drawn dashed and labelled as the paper's.
+    """
+    x = np.asarray(summary.index, dtype=float)
+    m, s = summary[(metric, "mean")].to_numpy(), summary[(metric, "std")].fillna(0).to_numpy()
+    ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=label)
+    if paper:
+        px = np.asarray(list(paper), dtype=float)
+        ax.plot(px, list(paper.values()), label="paper (UCF-Crime, I3D)", **PAPER_STYLE)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel or summary.index.name)
+    ax.set_ylabel(f"{metric.upper()} (%)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def iterations(ax, history, metric="auc", by="selection", label_map=None):
+    """Metric per self-training iteration, mean ± std over seeds, one line per group (Fig. 3)."""
+    for key, frame in history.groupby(by, sort=False):
+        g = frame.groupby("iteration")[metric].agg(["mean", "std"])
+        ax.errorbar(g.index, 100 * g["mean"], yerr=100 * g["std"].fillna(0), marker="o", capsize=3,
+                    label=(label_map or {}).get(key, key))
+    ax.set_xlabel("iteration j")
+    ax.set_ylabel(f"{metric.upper()} (%)")
+    ax.legend(fontsize=8)
+    return ax

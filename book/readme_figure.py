@@ -32,8 +32,10 @@ def main() -> Path:
     clips = video(np.random.default_rng(0))
     num_clips = len(clips)
     fig, ax = plt.subplots(figsize=(8, 2.6), dpi=120)
-    ax.plot(np.arange(num_clips) / num_clips, clips, color="0.65", lw=0.6, label="3000 clip features")
-    ax.stairs(segment(clips, 32), boundaries(num_clips, 32) / num_clips, color="C3", lw=2, zorder=3,
+    position = np.arange(num_clips) / num_clips
+    ax.plot(position, clips, color="0.65", lw=0.6, label=f"{num_clips} clip features")
+    edges = boundaries(num_clips, 32) / num_clips
+    ax.stairs(segment(clips, 32), edges, color="C3", lw=2, zorder=3,
               label="32 segments (mean of clips)")
     ax.annotate("one-clip event:\naveraged away", xy=(0.3, 0.03), xytext=(0.33, 0.55),
                 arrowprops={"arrowstyle": "->"})

@@ -431,7 +431,7 @@ def _torch_device() -> str:
 
 def _git_commit(root: Path) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -471,7 +471,7 @@ def write_provenance(root: Path, runs: list[NotebookRun], profile: str, bank: Pa
         "",
         "Written by `cupl book` after executing the chain: what produced the pages of this book.",
         "",
-        "| | |",
+        "| setting | value |",
         "| --- | --- |",
         f"| date | {datetime.now(timezone.utc).isoformat(timespec='seconds')} |",
         f"| profile | `{profile}` |",

@@ -8,6 +8,7 @@ import ast
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import nbformat
@@ -130,6 +131,20 @@ def test_parameters_passed_are_only_the_declared_ones(tiny_book):
     book.run_chain(root, profile="smoke", device="cuda", extra={"k": 4}, build=False, progress=False)
     executed = json.loads((root / "_executed" / "notebooks" / "01_a.ipynb").read_text())
     assert executed["metadata"]["papermill"]["parameters"] == {"profile": "smoke", "k": 4}
+
+
+def test_kernel_is_this_interpreter_whatever_kernels_are_installed(tiny_book, tmp_path, monkeypatch):
+    # a `python3` kernel found first on the Jupyter path that cannot start
+    spec = tmp_path / "jupyter" / "kernels" / "python3" / "kernel.json"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(json.dumps({"argv": ["/bin/false", "{connection_file}"],
+                                "display_name": "elsewhere", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    root = tiny_book({"01_a": ("profile = 'quick'", "import sys\nprint(sys.executable)")})
+    book.run_chain(root, profile="smoke", build=False, progress=False)
+    executed = nbformat.read(root / "_executed" / "notebooks" / "01_a.ipynb", as_version=4)
+    printed = [o.text for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert printed == [sys.executable + "\n"]
 
 
 def test_failing_notebook_fails_the_chain_with_name_and_cell(tiny_book):

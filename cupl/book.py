@@ -68,6 +68,9 @@ class NotebookRun:
 
 @dataclass
 class ChainResult:
+    """The notebooks in chain order, the bank they were given, the build's wall time
+    (None when not built)."""
+
     runs: list[NotebookRun]
     bank: Path | None
     build_s: float | None

@@ -55,8 +55,11 @@ def segment_split(
     lengths = offsets[1:] - offsets[:-1]
     if bool((lengths <= 0).any()):
         raise ValueError("segment_split: a video has no clips (offsets must be strictly increasing)")
-    grid = torch.linspace(0, 1, num_segments + 1, dtype=torch.float64, device=offsets.device)
-    b = torch.floor(lengths.double()[:, None] * grid[None, :]).long()  # [V, S+1]
+    # numpy's linspace arithmetic, i * (T / S) with the end set to T, so that boundaries equal
+    # `boundaries` bit for bit; T * (i / S) rounds differently (T = 90, S = 10: 62 vs 63).
+    step = lengths.double()[:, None] / num_segments
+    b = torch.floor(torch.arange(num_segments + 1, dtype=torch.float64, device=offsets.device) * step).long()
+    b[:, -1] = lengths  # [V, S+1]
     start, end = b[:, :-1], torch.maximum(b[:, 1:], b[:, :-1] + 1)
     out = features.new_empty((len(lengths), num_segments, *features.shape[1:]))
     row_values = max(1, features[:1].numel())

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from cupl._checks import check_ndim
+from cupl._checks import check_finite, check_ndim
 
 
 def dropout_masks(passes: int, num_heads: int, hidden: tuple[int, int], p: float,
@@ -64,10 +64,19 @@ def mc_from_hidden(hidden: torch.Tensor, v: torch.Tensor, c: torch.Tensor):
     """
     k = hidden.shape[1]
     logits = hidden.flatten(1) @ v.flatten(1).to(hidden.dtype).T  # [N, M]
-    probs = torch.sigmoid(logits.float() / k + c.mean(dim=1))
-    mean = probs.mean(dim=1)
-    var = (probs - mean[:, None]).square().mean(dim=1)
-    return mean, var
+    return moments(torch.sigmoid(logits.float() / k + c.mean(dim=1)))
+
+
+def moments(probs: torch.Tensor):
+    """(mean [N], var [N]) over the M passes of probs [N, M], var with 1/M (Eq. 9-10).
+
+    Taken about the first pass, so that M equal samples give a variance of exactly 0 (and
+    clips with dropout off tie, as `reliable_indices` expects) rather than rounding noise.
+    """
+    shift = probs[:, :1]
+    d = probs - shift
+    d_mean = d.mean(dim=1)
+    return shift[:, 0] + d_mean, (d - d_mean[:, None]).square().mean(dim=1)
 
 
 def mc_dropout(model, x: torch.Tensor, passes: int, generator: torch.Generator | None = None,
@@ -84,6 +93,7 @@ def mc_dropout(model, x: torch.Tensor, passes: int, generator: torch.Generator |
         and the model is otherwise used as in eval mode; its mode is left unchanged.
     """
     check_ndim("mc_dropout x", x, "[N, D]", ndim=2)
+    check_finite("mc_dropout x", x)
     if method not in ("fast", "naive", "train"):
         raise ValueError(f"mc_dropout method must be 'fast', 'naive' or 'train', got {method!r}")
     if method == "train":
@@ -115,9 +125,7 @@ def _naive(h: torch.Tensor, tail, m1: torch.Tensor, m2: torch.Tensor):
         z = torch.einsum("nkh,kgh->nkg", h * m1[m], w2) + b2
         logit = torch.einsum("nkg,kg->nk", z * m2[m], w3) + b3
         probs.append(torch.sigmoid(logit.mean(dim=1)))
-    probs = torch.stack(probs, dim=1)
-    mean = probs.mean(dim=1)
-    return mean, (probs - mean[:, None]).square().mean(dim=1)
+    return moments(torch.stack(probs, dim=1))
 
 
 def _mc_train_mode(model, x: torch.Tensor, passes: int, generator: torch.Generator | None):
@@ -131,5 +139,4 @@ def _mc_train_mode(model, x: torch.Tensor, passes: int, generator: torch.Generat
             probs = torch.stack([torch.sigmoid(model.anomaly_logit(x)) for _ in range(passes)], dim=1)
     finally:
         model.train(was_training)
-    mean = probs.mean(dim=1)
-    return mean, (probs - mean[:, None]).square().mean(dim=1)
+    return moments(probs)

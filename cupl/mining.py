@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn import functional as F
 
 from cupl._checks import check_finite, check_ndim, check_nonempty
 
@@ -34,6 +35,42 @@ def keep_count(num_clips: torch.Tensor | int, ratio: float):
     return max(1, math.ceil(round(num_clips * ratio, 9)))
 
 
+def context_memory(features: torch.Tensor, starts: torch.Tensor, index: torch.Tensor,
+                   window: int = 5, crop: torch.Tensor | None = None) -> torch.Tensor:
+    """The long-term feature memory mean(c_{t-w} .. c_{t-1}) of chosen rows of a whole split.
+
+    features: [N, *rest, D] clips of all videos concatenated (contiguous, else it is copied);
+    starts: [N] first row of each clip's video (`Split.starts`); index: [B] rows; crop:
+    optional [B] crop per row, for features [N, C, D], to take one crop of each row.
+    returns: [B, *rest, D] ([B, D] with `crop`) in the features' dtype: the mean of the
+    previous min(w, t - start) clips of the same video, and c_t itself at a video's first clip
+    (the released code's edge rule).
+
+    One `embedding_bag` gathers and averages the w previous rows (float32 accumulation for
+    half-precision features), so no [B, w, D] stack or float32 copy is ever made; the sum runs
+    over t-1, t-2, ... in that order and is then divided by the count.
+    """
+    _check_window(window)
+    table = features.reshape(-1, features.shape[-1])  # [N R, D]: row n, part r is n R + r
+    per_row = table.shape[0] // max(1, features.shape[0])
+    prev = index[:, None] - torch.arange(1, window + 1, device=index.device)  # [B, w]: t-1 .. t-w
+    ok = prev >= starts[index][:, None]
+    # a video's first clip has no previous clip (t - 1 < start) and is its own memory
+    prev[:, 0] = torch.where(ok[:, 0], prev[:, 0], index)
+    ok[:, 0] = True
+    if crop is None:
+        parts = torch.arange(per_row, device=index.device)
+        slots = prev[:, None, :] * per_row + parts[None, :, None]  # [B, R, w]
+        ok, shape = ok[:, None, :], (len(index), *features.shape[1:])
+    else:
+        slots, shape = prev * per_row + crop[:, None], (len(index), features.shape[-1])
+    # The table's last row is nobody's previous clip (no clip follows the split's last one),
+    # so it marks empty slots: embedding_bag leaves padding out of the sum and the count.
+    pad = table.shape[0] - 1
+    bags = torch.where(ok, slots, pad).reshape(-1, window)
+    return F.embedding_bag(bags, table, mode="mean", padding_idx=pad).view(shape)
+
+
 def context_features(features: torch.Tensor, starts: torch.Tensor, index: torch.Tensor,
                      window: int = 5, crop: torch.Tensor | None = None) -> torch.Tensor:
     """Temporal clip features for chosen rows of a whole split.
@@ -42,27 +79,10 @@ def context_features(features: torch.Tensor, starts: torch.Tensor, index: torch.
     clip's video (`Split.starts`); index: [B] rows; crop: optional [B] crop per row, for
     features [N, C, D], to take one crop of each row.
     returns: [B, *rest, 2D] ([B, 2D] with `crop`), row b = concat(c_t, mean(c_{t-w} .. c_{t-1}))
-    with t = index[b], averaging the previous min(w, t - start) clips of the same video, and
-    c_t itself at a video's first clip (the released code's edge rule).
+    with t = index[b], the memory as in `context_memory`.
     """
-    _check_window(window)
-
-    def rows(i):
-        return features[i] if crop is None else features[i, crop]
-
-    current = rows(index)
-    s = starts[index]
-    total = torch.zeros_like(current, dtype=torch.float32)
-    count = torch.zeros(index.shape, dtype=torch.float32, device=features.device)
-    shape = (-1, *[1] * (current.ndim - 1))
-    for k in range(1, window + 1):
-        prev = index - k
-        ok = prev >= s
-        total += rows(prev.clamp(min=0)).float() * ok.view(shape)
-        count += ok
-    first = (count == 0).view(shape)
-    memory = torch.where(first, current.float(), total / count.clamp(min=1).view(shape))
-    return torch.cat([current, memory.to(features.dtype)], dim=-1)
+    current = features[index] if crop is None else features[index, crop]
+    return torch.cat([current, context_memory(features, starts, index, window, crop)], dim=-1)
 
 
 def temporal_context(clips: torch.Tensor, window: int = 5) -> torch.Tensor:

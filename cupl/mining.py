@@ -68,7 +68,12 @@ def context_memory(features: torch.Tensor, starts: torch.Tensor, index: torch.Te
     # so it marks empty slots: embedding_bag leaves padding out of the sum and the count.
     pad = table.shape[0] - 1
     bags = torch.where(ok, slots, pad).reshape(-1, window)
-    return F.embedding_bag(bags, table, mode="mean", padding_idx=pad).view(shape)
+    memory = F.embedding_bag(bags, table, mode="mean", padding_idx=pad).view(shape)
+    if int(starts[-1]) == features.shape[0] - 1:
+        # ...except when the last clip is alone in its video: it is then its own memory
+        last = index == features.shape[0] - 1
+        memory[last] = features[-1] if crop is None else features[-1, crop[last]]
+    return memory
 
 
 def context_features(features: torch.Tensor, starts: torch.Tensor, index: torch.Tensor,

@@ -1,0 +1,465 @@
+"""The feature bank: one HDF5 file holding the clip features of a benchmark's two splits.
+
+Real I3D / VGGish features are imported into it and the embedded synthetic benchmark is
+written into it, so every notebook reads one format. Layout::
+
+    /                       attrs: format, version, source, feature_kind, frames_per_clip,
+                                   crops, modalities, dim_<modality>, dtype, ... free keys
+    /{split}/{name}/rgb     [T, crops, D]   float16 | float32, chunked per video, compressed
+    /{split}/{name}/audio   [T, 1, 128]     optional
+    /{split}/{name}/frame_labels        uint8 [num_frames]   test videos
+    /{split}/{name}/oracle_clip_labels  float32 [T]          synthetic training videos
+    /{split}/{name}         attrs: label, category, num_frames
+    /index/{split}/         names, labels, categories, num_frames, clips_<modality>:
+                            the split's table in list order, read once at open
+
+Frames map to clips of 16 frames as the RTFM I3D features do: T = ceil(num_frames / 16).
+
+Writes are atomic: the bank is built in a temporary file beside the target and renamed
+over it only once every video has been validated and written, so an interrupted write
+leaves nothing that opens as a bank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from cupl.data.split import Split
+
+BANK_FORMAT = "cupl-feature-bank"
+BANK_VERSION = 1
+SPLITS = ("train", "test")
+REQUIRED_ATTRS = ("source", "feature_kind", "frames_per_clip", "crops", "modalities")
+CHUNK_CLIPS = 64
+# lzf over gzip: see `benchmarks/bank_io.py` and book/data.md; lzf decompresses several
+# times faster and float16 features compress little either way.
+COMPRESSION = "lzf"
+
+
+class BankError(ValueError):
+    """A feature bank or a video written to it is not what it should be; the message names
+    the file or the video and what is wrong."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a split as listed by `FeatureBank.videos`."""
+
+    name: str
+    label: int
+    category: str
+    num_frames: int
+    num_clips: int
+
+
+@dataclass
+class VideoData:
+    """One video on its way into a bank (what importers and the generator produce).
+
+    features:           modality -> [T, crops, D]; "rgb" required, "audio" [T, 1, 128] optional.
+    frame_labels:       test videos: uint8 [num_frames], 1 = abnormal frame.
+    oracle_clip_labels: synthetic training videos only: float32 [T] in [0, 1], the clip-level
+                        ground truth that real weak supervision never has.
+    """
+
+    name: str
+    split: str
+    label: int
+    category: str
+    num_frames: int
+    features: dict[str, np.ndarray]
+    frame_labels: np.ndarray | None = None
+    oracle_clip_labels: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_bank(path, videos: Iterable[VideoData], *, attrs: dict, dtype="float16",
+               progress=True, total=None, compression=COMPRESSION) -> Path:
+    """Stream `videos` into a new bank at `path`, replacing it atomically when complete.
+
+    attrs: dataset-level attributes; `source`, `feature_kind`, `frames_per_clip`, `crops`
+           and `modalities` are required, any other str / number / bool / list key is kept.
+    dtype: storage dtype of the features, "float16" or "float32".
+    Each video is validated before it is written (see `_check_video`); any error, or any
+    exception raised by `videos` itself, removes the temporary file and leaves `path` as
+    it was.
+    """
+    import h5py
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    _check_bank_attrs(path, attrs)
+    if np.dtype(dtype) not in (np.float16, np.float32):
+        raise BankError(f"{path}: dtype must be float16 or float32, got {dtype!r}")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with h5py.File(tmp, "x") as f:
+            writer = _Writer(f, path, attrs, np.dtype(dtype), compression)
+            for video in tqdm(videos, total=total, disable=not progress, unit="video",
+                              desc=f"writing {path.name}"):
+                writer.add(video)
+            writer.finish()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_bank_attrs(path: Path, attrs: dict):
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise BankError(f"{path}: bank attributes missing {missing}; required: {list(REQUIRED_ATTRS)}")
+    reserved = {"format", "version", "dtype"} & set(attrs)
+    if reserved:
+        raise BankError(f"{path}: attributes {sorted(reserved)} are set by write_bank itself")
+    if "rgb" not in attrs["modalities"]:
+        raise BankError(f"{path}: modalities must include 'rgb', got {attrs['modalities']!r}")
+
+
+class _Writer:
+    """Validates and writes videos one by one, keeping only the split tables in memory."""
+
+    def __init__(self, f, path: Path, attrs: dict, dtype: np.dtype, compression):
+        self.f, self.path, self.dtype, self.compression = f, path, dtype, compression
+        self.attrs = dict(attrs)
+        self.modalities = tuple(attrs["modalities"])
+        self.crops = int(attrs["crops"])
+        self.dims: dict[str, int] = {}
+        self.seen: set[str] = set()
+        self.tables = {s: dict(names=[], labels=[], categories=[], num_frames=[],
+                               **{f"clips_{m}": [] for m in self.modalities}) for s in SPLITS}
+
+    def add(self, video: VideoData):
+        features = self._check_video(video)
+        group = self.f.create_group(f"{video.split}/{video.name}")
+        group.attrs.update(label=int(video.label), category=video.category,
+                           num_frames=int(video.num_frames))
+        for modality, array in features.items():
+            group.create_dataset(modality, data=array,
+                                 chunks=(min(CHUNK_CLIPS, array.shape[0]), *array.shape[1:]),
+                                 compression=self.compression)
+        if video.frame_labels is not None:
+            group.create_dataset("frame_labels", data=np.asarray(video.frame_labels, np.uint8),
+                                 compression=self.compression)
+        if video.oracle_clip_labels is not None:
+            group.create_dataset("oracle_clip_labels",
+                                 data=np.asarray(video.oracle_clip_labels, np.float32))
+        table = self.tables[video.split]
+        table["names"].append(video.name)
+        table["labels"].append(int(video.label))
+        table["categories"].append(video.category)
+        table["num_frames"].append(int(video.num_frames))
+        for modality, array in features.items():
+            table[f"clips_{modality}"].append(array.shape[0])
+
+    def _check_video(self, v: VideoData) -> dict[str, np.ndarray]:
+        """The video's features cast to the storage dtype; BankError naming it if anything is off."""
+        def fail(msg):
+            raise BankError(f"{self.path}: video {v.name!r}: {msg}")
+
+        if not isinstance(v.name, str) or not v.name or "/" in v.name or v.name in (".", ".."):
+            fail("name must be a non-empty string without '/'")
+        if v.name in self.seen:
+            fail("duplicate video name (names must be unique across the bank)")
+        if v.split not in SPLITS:
+            fail(f"split must be one of {SPLITS}, got {v.split!r}")
+        if v.label not in (0, 1):
+            fail(f"label must be 0 (normal) or 1 (abnormal), got {v.label!r}")
+        if not isinstance(v.category, str) or not v.category:
+            fail(f"category must be a non-empty string, got {v.category!r}")
+        if int(v.num_frames) < 1:
+            fail(f"num_frames must be >= 1, got {v.num_frames}")
+        if set(v.features) != set(self.modalities):
+            fail(f"modalities {sorted(v.features)} differ from the bank's {sorted(self.modalities)}")
+        features = {m: self._check_features(v, m, fail) for m in self.modalities}
+        num_clips = features["rgb"].shape[0]
+        self._check_frame_labels(v, fail)
+        self._check_oracle(v, num_clips, fail)
+        self.seen.add(v.name)
+        return features
+
+    def _check_features(self, v: VideoData, modality: str, fail) -> np.ndarray:
+        array = np.asarray(v.features[modality])
+        crops = 1 if modality == "audio" else self.crops
+        if array.ndim != 3:
+            fail(f"{modality} features: expected [T, {crops}, D], got shape {array.shape}")
+        if 0 in array.shape:
+            fail(f"{modality} features are empty: shape {array.shape}")
+        if not np.issubdtype(array.dtype, np.floating):
+            fail(f"{modality} features: expected a float array, got dtype {array.dtype}")
+        if array.shape[1] != crops:
+            fail(f"{modality} features: expected {crops} crops, got shape {array.shape}")
+        dim = self.dims.setdefault(modality, array.shape[2])
+        if array.shape[2] != dim:
+            fail(f"{modality} features: expected D = {dim} like the videos before, got shape {array.shape}")
+        stored = array.astype(self.dtype, copy=False)
+        if not np.isfinite(stored).all():
+            bad = int((~np.isfinite(stored)).sum())
+            fail(f"{modality} features: {bad} NaN/inf values as {self.dtype} (shape {array.shape})")
+        return stored
+
+    @staticmethod
+    def _check_frame_labels(v: VideoData, fail):
+        if v.split == "train":
+            if v.frame_labels is not None:
+                fail("frame_labels belong to test videos; clip-level ground truth of synthetic "
+                     "training videos goes to oracle_clip_labels")
+            return
+        if v.frame_labels is None:
+            fail("test videos need frame_labels [num_frames]")
+        labels = np.asarray(v.frame_labels)
+        if labels.shape != (int(v.num_frames),):
+            fail(f"frame_labels: expected shape ({int(v.num_frames)},) = num_frames, got {labels.shape}")
+        if not np.isin(labels, (0, 1)).all():
+            fail("frame_labels must hold only 0 and 1")
+
+    @staticmethod
+    def _check_oracle(v: VideoData, num_clips: int, fail):
+        if v.oracle_clip_labels is None:
+            return
+        if v.split != "train":
+            fail("oracle_clip_labels are for training videos only")
+        oracle = np.asarray(v.oracle_clip_labels, dtype=np.float64)
+        if oracle.shape != (num_clips,):
+            fail(f"oracle_clip_labels: expected shape ({num_clips},) = clips, got {oracle.shape}")
+        if not (np.isfinite(oracle).all() and (oracle >= 0).all() and (oracle <= 1).all()):
+            fail("oracle_clip_labels must lie in [0, 1]")
+
+    def finish(self):
+        import h5py
+
+        f = self.f
+        f.attrs["format"] = BANK_FORMAT
+        f.attrs["version"] = BANK_VERSION
+        f.attrs["dtype"] = self.dtype.name
+        for key, value in self.attrs.items():
+            f.attrs[key] = _to_attr(self.path, key, value)
+        for modality, dim in self.dims.items():
+            f.attrs[f"dim_{modality}"] = dim
+        text = h5py.string_dtype()
+        for split, table in self.tables.items():
+            g = f.require_group(f"index/{split}")
+            g.create_dataset("names", data=np.array(table["names"], dtype=object), dtype=text)
+            g.create_dataset("categories", data=np.array(table["categories"], dtype=object), dtype=text)
+            g.create_dataset("labels", data=np.array(table["labels"], dtype=np.int8))
+            for key in ["num_frames"] + [f"clips_{m}" for m in self.modalities]:
+                g.create_dataset(key, data=np.array(table[key], dtype=np.int64))
+
+
+def _to_attr(path: Path, key: str, value):
+    """Bank attributes are plain values; dicts are kept as JSON text."""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, (str, bool, int, float, np.integer, np.floating)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
+        return np.array(value, dtype=object)
+    if isinstance(value, (list, tuple)) and all(isinstance(x, (int, float)) for x in value):
+        return np.array(value)
+    raise BankError(f"{path}: attribute {key!r} must be str, number, bool, dict or a list of them, "
+                    f"got {type(value).__name__}")
+
+
+def _from_attr(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_from_attr(x) for x in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class FeatureBank:
+    """A feature bank opened read-only. Use `FeatureBank.open(path)`, ideally in a `with`."""
+
+    def __init__(self, file, path: Path):
+        self._file = file
+        self.path = path
+        self.attrs = {k: _from_attr(v) for k, v in file.attrs.items()}
+        self._tables = {s: self._read_table(s) for s in SPLITS}
+        self._split_of = {n: s for s, t in self._tables.items() for n in t["names"]}
+
+    @classmethod
+    def open(cls, path) -> "FeatureBank":
+        """Open a bank; BankError for a missing, truncated, foreign or wrong-version file."""
+        import h5py
+
+        path = Path(path)
+        if not path.is_file():
+            raise BankError(f"{path}: no such feature bank file")
+        try:
+            file = h5py.File(path, "r")
+        except OSError as err:
+            raise BankError(f"{path}: not a readable HDF5 file (truncated or not a feature bank): {err}") from None
+        try:
+            cls._check_header(file, path)
+            return cls(file, path)
+        except BaseException:
+            file.close()
+            raise
+
+    @staticmethod
+    def _check_header(file, path: Path):
+        fmt = _from_attr(file.attrs.get("format"))
+        if fmt != BANK_FORMAT:
+            raise BankError(f"{path}: not a cupl feature bank (attribute 'format' is {fmt!r}, "
+                            f"expected {BANK_FORMAT!r})")
+        version = _from_attr(file.attrs.get("version"))
+        if version != BANK_VERSION:
+            raise BankError(f"{path}: feature bank version {version!r}; this cupl reads version {BANK_VERSION}")
+        if any(f"index/{s}" not in file for s in SPLITS):
+            raise BankError(f"{path}: incomplete feature bank (no split index)")
+
+    def _read_table(self, split: str) -> dict:
+        try:
+            g = self._file[f"index/{split}"]
+            table = {k: g[k][()] for k in g if k not in ("names", "categories")}
+            table["names"] = list(g["names"].asstr()[()])
+            table["categories"] = list(g["categories"].asstr()[()])
+        except (KeyError, OSError) as err:
+            raise BankError(f"{self.path}: damaged index of split {split!r}: {err}") from None
+        return table
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        counts = ", ".join(f"{s}: {len(t['names'])}" for s, t in self._tables.items())
+        return f"FeatureBank({str(self.path)!r}, {counts})"
+
+    # ----------------------------------------------------------------- per video
+
+    def _table(self, split: str) -> dict:
+        if split not in SPLITS:
+            raise BankError(f"{self.path}: split must be one of {SPLITS}, got {split!r}")
+        return self._tables[split]
+
+    def _group(self, name: str):
+        split = self._split_of.get(name)
+        if split is None:
+            raise BankError(f"{self.path}: no video named {name!r}")
+        return self._file[f"{split}/{name}"]
+
+    def _dataset(self, name: str, key: str, what: str):
+        group = self._group(name)
+        if key not in group:
+            raise BankError(f"{self.path}: video {name!r} has no {what}")
+        return group[key]
+
+    def videos(self, split) -> list[VideoRecord]:
+        """The split's videos in list order."""
+        t = self._table(split)
+        return [VideoRecord(n, int(lab), c, int(nf), int(nc)) for n, lab, c, nf, nc in
+                zip(t["names"], t["labels"], t["categories"], t["num_frames"], t["clips_rgb"])]
+
+    def features(self, name, modality="rgb") -> np.ndarray:
+        """[T, crops, D] float32 features of one video ([T, 1, 128] for audio)."""
+        return self._dataset(name, modality, f"{modality!r} features")[()].astype(np.float32)
+
+    def frame_labels(self, name) -> np.ndarray:
+        """uint8 [num_frames] abnormal-frame mask of a test video."""
+        return self._dataset(name, "frame_labels", "frame labels (only test videos do)")[()]
+
+    def oracle_clip_labels(self, name) -> np.ndarray:
+        """float32 [T]: the fraction of each clip inside an anomalous event, known only for the
+        training videos of synthetic banks. For diagnostics of pseudo labels; training code
+        never reads it."""
+        return self._dataset(name, "oracle_clip_labels", "oracle clip labels (only training "
+                             "videos of synthetic banks do)")[()]
+
+    # ----------------------------------------------------------------- whole splits
+
+    def load_split(self, split, *, modality="rgb", dtype=torch.float32, device="cpu",
+                   progress=False) -> Split:
+        """The whole split as one `Split`: features [N, C, D] concatenated in list order.
+
+        modality: "rgb", "audio" or "rgb+audio". Fusion broadcasts audio [T, 1, Da] over the
+        C crops and concatenates it on D: [N, C, D + Da]. Where a video's rgb and audio
+        streams differ in length, only their common prefix of min(T_rgb, T_audio) clips is
+        kept (real audio and visual features are extracted at different rates).
+        Test splits carry `frame_labels`. Each video is read straight into one
+        preallocated array.
+        """
+        table = self._table(split)
+        names = table["names"]
+        if not names:
+            raise BankError(f"{self.path}: split {split!r} has no videos")
+        parts = self._parts(modality)
+        lengths = np.minimum.reduce([table[f"clips_{m}"] for m in parts])
+        arrays = [self._read_split(split, m, lengths, progress) for m in parts]
+        feats = torch.from_numpy(arrays[0]).to(dtype)
+        if len(arrays) == 2:
+            audio = torch.from_numpy(arrays[1]).to(dtype)
+            feats = torch.cat([feats, audio.expand(-1, feats.shape[1], -1)], dim=-1)
+        offsets = torch.zeros(len(names) + 1, dtype=torch.long)
+        offsets[1:] = torch.from_numpy(np.cumsum(lengths))
+        frame_labels = [self.frame_labels(n) for n in names] if split == "test" else None
+        return Split(
+            features=feats.to(device),
+            offsets=offsets.to(device),
+            labels=torch.as_tensor(table["labels"], dtype=torch.long, device=device),
+            names=list(names),
+            categories=list(table["categories"]),
+            num_frames=torch.as_tensor(table["num_frames"], dtype=torch.long, device=device),
+            frame_labels=frame_labels,
+            frames_per_clip=int(self.attrs["frames_per_clip"]),
+            attrs=dict(self.attrs, bank=str(self.path), split=split, modality=modality),
+        )
+
+    def oracle_split_labels(self, split, *, modality="rgb") -> torch.Tensor:
+        """[N] float32 oracle clip labels of the whole split, aligned row by row with
+        `load_split(split, modality=modality)`. Diagnostics only."""
+        table = self._table(split)
+        lengths = np.minimum.reduce([table[f"clips_{m}"] for m in self._parts(modality)])
+        out = np.empty(int(lengths.sum()), dtype=np.float32)
+        start = 0
+        for name, n in zip(table["names"], lengths):
+            out[start:start + n] = self.oracle_clip_labels(name)[:n]
+            start += n
+        return torch.from_numpy(out)
+
+    def _parts(self, modality: str) -> list[str]:
+        parts = modality.split("+")
+        allowed = ("rgb", "audio", "rgb+audio")
+        if modality not in allowed:
+            raise BankError(f"{self.path}: modality must be one of {allowed}, got {modality!r}")
+        missing = [m for m in parts if m not in self.attrs["modalities"]]
+        if missing:
+            raise BankError(f"{self.path}: bank has modalities {self.attrs['modalities']}, not {missing}")
+        return parts
+
+    def _read_split(self, split: str, modality: str, lengths: np.ndarray, progress) -> np.ndarray:
+        """[sum(lengths), C, D] in the stored dtype, video v's first lengths[v] clips in order."""
+        from tqdm.auto import tqdm
+
+        names = self._tables[split]["names"]
+        first = self._file[f"{split}/{names[0]}/{modality}"]
+        out = np.empty((int(lengths.sum()), *first.shape[1:]), dtype=first.dtype)
+        start = 0
+        for name, n in tqdm(list(zip(names, lengths)), disable=not progress, unit="video",
+                            desc=f"{split} {modality}"):
+            self._file[f"{split}/{name}/{modality}"].read_direct(
+                out, source_sel=np.s_[:n], dest_sel=np.s_[start:start + n])
+            start += n
+        return out

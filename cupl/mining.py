@@ -55,25 +55,21 @@ def context_memory(features: torch.Tensor, starts: torch.Tensor, index: torch.Te
     per_row = table.shape[0] // max(1, features.shape[0])
     prev = index[:, None] - torch.arange(1, window + 1, device=index.device)  # [B, w]: t-1 .. t-w
     ok = prev >= starts[index][:, None]
-    # a video's first clip has no previous clip (t - 1 < start) and is its own memory
-    prev[:, 0] = torch.where(ok[:, 0], prev[:, 0], index)
-    ok[:, 0] = True
     if crop is None:
+        current = features[index]
         parts = torch.arange(per_row, device=index.device)
         slots = prev[:, None, :] * per_row + parts[None, :, None]  # [B, R, w]
-        ok, shape = ok[:, None, :], (len(index), *features.shape[1:])
+        ok = ok[:, None, :]
     else:
-        slots, shape = prev * per_row + crop[:, None], (len(index), features.shape[-1])
+        current = features[index, crop]
+        slots = prev * per_row + crop[:, None]
     # The table's last row is nobody's previous clip (no clip follows the split's last one),
     # so it marks empty slots: embedding_bag leaves padding out of the sum and the count.
     pad = table.shape[0] - 1
     bags = torch.where(ok, slots, pad).reshape(-1, window)
-    memory = F.embedding_bag(bags, table, mode="mean", padding_idx=pad).view(shape)
-    if int(starts[-1]) == features.shape[0] - 1:
-        # ...except when the last clip is alone in its video: it is then its own memory
-        last = index == features.shape[0] - 1
-        memory[last] = features[-1] if crop is None else features[-1, crop[last]]
-    return memory
+    memory = F.embedding_bag(bags, table, mode="mean", padding_idx=pad).view(current.shape)
+    first = ~ok[..., 0]  # t - 1 < start: a video's first clip is its own memory
+    return torch.where(first.view(*first.shape, *[1] * (current.ndim - first.ndim)), current, memory)
 
 
 def context_features(features: torch.Tensor, starts: torch.Tensor, index: torch.Tensor,

@@ -453,13 +453,18 @@ class FeatureBank:
         """[sum(lengths), C, D] in the stored dtype, video v's first lengths[v] clips in order."""
         from tqdm.auto import tqdm
 
+        import h5py
+
         names = self._tables[split]["names"]
         first = self._file[f"{split}/{names[0]}/{modality}"]
         out = np.empty((int(lengths.sum()), *first.shape[1:]), dtype=first.dtype)
         start = 0
         for name, n in tqdm(list(zip(names, lengths)), disable=not progress, unit="video",
                             desc=f"{split} {modality}"):
-            self._file[f"{split}/{name}/{modality}"].read_direct(
-                out, source_sel=np.s_[:n], dest_sel=np.s_[start:start + n])
+            ds = self._file[f"{split}/{name}/{modality}"]
+            if ds.shape[0] == n:   # whole dataset: the low-level read skips building selections
+                ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, out[start:start + n])
+            else:
+                ds.read_direct(out, source_sel=np.s_[:n], dest_sel=np.s_[start:start + n])
             start += n
         return out

@@ -127,13 +127,13 @@ class Premises:
     events_per_video_p: tuple[float, float, float] = (0.5, 0.3, 0.2)
     max_anomalous_fraction: float = 0.9
     shared_anomaly_weight: float = 0.6
-    event_amplitude_median: float = 2.0
+    event_amplitude_median: float = 6.0
     event_amplitude_log_std: float = 0.6
-    ramp_fraction: tuple[float, float] = (0.1, 0.4)
+    ramp_fraction: tuple[float, float] = (0.05, 0.2)
     # hard-normal moments: rare, short, unusual but not anomalous
     hard_normal_per_minute: float = 0.2
     hard_normal_s: tuple[float, float] = (2.0, 10.0)
-    hard_normal_amplitude_median: float = 1.5
+    hard_normal_amplitude_median: float = 3.0
     hard_normal_amplitude_log_std: float = 0.4
     length_jitter: tuple[float, float] = (0.8, 1.25)
     # the fixed nonlinear map

@@ -203,7 +203,8 @@ class _Writer:
         dim = self.dims.setdefault(modality, array.shape[2])
         if array.shape[2] != dim:
             fail(f"{modality} features: expected D = {dim} like the videos before, got shape {array.shape}")
-        stored = array.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):   # overflow becomes inf, reported just below
+            stored = array.astype(self.dtype, copy=False)
         if not np.isfinite(stored).all():
             bad = int((~np.isfinite(stored)).sum())
             fail(f"{modality} features: {bad} NaN/inf values as {self.dtype} (shape {array.shape})")

@@ -109,6 +109,13 @@ class ClipClassifier(nn.Module):
         _check_last_dim("ClipClassifier input", x, self.in_dim)
         return F.relu(self.regressor[0](x)).unsqueeze(-2)
 
+    def context_weights(self):
+        """The first layer split over a temporal feature [c_t, m_t] (Sec. 3.3):
+        (W_a [h1, D/2], W_b [h1, D/2], b1 [h1]) with W1 [c; m] + b1 = W_a c + W_b m + b1."""
+        fc1 = self.regressor[0]
+        half = self.in_dim // 2
+        return fc1.weight[:, :half], fc1.weight[:, half:], fc1.bias
+
     def head_weights(self):
         """The linear tail as one head: (w2 [1, h2, h1], b2 [1, h2], w3 [1, h2], b3 [1])."""
         fc2, fc3 = self.regressor[3], self.regressor[5]

@@ -13,15 +13,20 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn import functional as F
 
 from cupl.config import ClipConfig, GeneratorConfig, RunConfig, SelfTrainConfig, make_config, to_dict
 from cupl.data.split import Split
 from cupl.evaluate import evaluate_scores
 from cupl.losses import clip_loss, generator_loss
-from cupl.mining import context_features, reliable_mask_split
+from cupl.mining import context_features, context_memory, reliable_mask_split
 from cupl.models import ClipClassifier, MultiHeadClassifier
 from cupl.pooling import segment_split
 from cupl.uncertainty import collapse_tail, dropout_masks, mc_from_hidden
+
+# The setting that bounds the memory of each stage of `run`, named when a stage runs out of it.
+MEMORY_KNOBS = {"stage1": "generator.batch_size", "mc_dropout": "eval_batch_size",
+                "train": "clip.batch_size", "score": "eval_batch_size"}
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -43,12 +48,28 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to the device without waiting for queued work (pinned memory on CUDA)."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def feature_dtype(device, amp: bool) -> torch.dtype:
+    """bfloat16 on CUDA with amp (half the memory of float32; autocast runs every matmul in
+    bfloat16 anyway), float32 otherwise."""
+    return torch.bfloat16 if amp and torch.device(device).type == "cuda" else torch.float32
+
+
 def prepare_split(split: Split, crops: str, device, dtype=torch.float32) -> Split:
-    """Move a split to the device; with crops="mean", average the crops first ([N, 1, D])."""
+    """Move a split to the device; with crops="mean", average the crops first ([N, 1, D]).
+
+    The crop mean accumulates in float32 without a float32 copy of the features.
+    """
     if crops == "mean" and split.features.shape[1] > 1:
         from dataclasses import replace
 
-        split = replace(split, features=split.features.float().mean(dim=1, keepdim=True))
+        split = replace(split, features=split.features.mean(dim=1, keepdim=True, dtype=torch.float32))
     return split.to(device=device, dtype=dtype)
 
 
@@ -57,7 +78,9 @@ def train_generator(train: Split, cfg: GeneratorConfig, *, generator: torch.Gene
     """Stage 1 (Algorithm 1, l. 2-5): f_g on 32-segment bags with L_MIL + alpha (L_diver + L_norm).
 
     Each step draws `batch_size` abnormal and `batch_size` normal videos (with replacement)
-    and one crop of each, so every crop of a video is a bag of its own over training.
+    and one crop of each, so every crop of a video is a bag of its own over training. All
+    draws are made on the CPU first, in the order of the steps, and reach the device in one
+    copy: the same bags on every device, and no step waits for a host-to-device copy.
     """
     device = train.features.device
     labels = train.labels.cpu()
@@ -72,12 +95,14 @@ def train_generator(train: Split, cfg: GeneratorConfig, *, generator: torch.Gene
     optimizer = torch.optim.Adadelta(model.parameters(), lr=cfg.lr)
     model.train()
     b = cfg.batch_size
-    for _ in _bar(range(cfg.steps), progress, desc="stage 1 (f_g)"):
-        videos = torch.cat([abnormal[torch.randint(len(abnormal), (b,), generator=generator)],
-                            normal[torch.randint(len(normal), (b,), generator=generator)]]).to(device)
-        crops = torch.randint(num_crops, (2 * b,), generator=generator).to(device)
+    draws = [(abnormal[torch.randint(len(abnormal), (b,), generator=generator)],
+              normal[torch.randint(len(normal), (b,), generator=generator)],
+              torch.randint(num_crops, (2 * b,), generator=generator)) for _ in range(cfg.steps)]
+    videos = _to_device(torch.stack([torch.cat([a, n]) for a, n, _ in draws]), device)  # [steps, 2B]
+    crops = _to_device(torch.stack([c for _, _, c in draws]), device)  # [steps, 2B]
+    for step in _bar(range(cfg.steps), progress, desc="stage 1 (f_g)"):
         with _autocast(device, amp):
-            heads = model(segments[videos, :, crops]).float().transpose(1, 2)  # [2B, K, S]
+            heads = model(segments[videos[step], :, crops[step]]).float().transpose(1, 2)  # [2B, K, S]
         loss = generator_loss(heads[:b], heads[b:], cfg.alpha, cfg.diversity, cfg.diversity_on_normal)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,11 +110,32 @@ def train_generator(train: Split, cfg: GeneratorConfig, *, generator: torch.Gene
     return model.eval()
 
 
-def _model_inputs(split: Split, rows: torch.Tensor, window: int | None) -> torch.Tensor:
-    """[b, C, D] clip features (window None, for f_g) or [b, C, 2D] temporal features (f_c)."""
-    if window is None:
-        return split.features[rows]
-    return context_features(split.features, split.starts, rows, window)
+def _first_layer(model, split: Split, window: int | None, batch_size: int, amp: bool):
+    """Yield (lo, hi, h) over runs of clips: h [(hi - lo) C, K, h1] = ReLU of the first layer
+    of every crop of clips lo..hi-1, at most about `batch_size` vectors at a time.
+
+    f_g (window None) reads the clip features. f_c (window w) would read temporal features
+    [c_t, m_t]; its first layer is split instead, W_a c_t + W_b m_t + b1, and as m_t is a mean
+    of clips, W_b m_t is the same mean of W_b c: each clip is projected once and the window
+    mean is taken over h1-d projections. Exact up to float rounding, with the same FLOPs and
+    no [b, C, 2D] input built; the w clips before a run are projected again as its halo.
+    """
+    features, device = split.features, split.features.device
+    rows = max(1, batch_size // features.shape[1])
+    starts = None if window is None else split.starts
+    for lo in range(0, split.num_clips, rows):
+        hi = min(lo + rows, split.num_clips)
+        with _autocast(device, amp):
+            if window is None:
+                h = model.hidden1(features[lo:hi].flatten(0, 1))
+            else:
+                w_a, w_b, b1 = model.context_weights()
+                halo = max(lo - window, 0)
+                projected = F.linear(features[halo:hi], w_b)  # [hi - halo, C, h1]
+                local = torch.arange(lo - halo, hi - halo, device=device)
+                memory = context_memory(projected, starts[halo:hi] - halo, local, window)
+                h = F.relu(F.linear(features[lo:hi], w_a, b1) + memory).flatten(0, 1).unsqueeze(1)
+        yield lo, hi, h
 
 
 def pseudo_labels(model, split: Split, passes: int, *, window: int | None = None,
@@ -103,18 +149,15 @@ def pseudo_labels(model, split: Split, passes: int, *, window: int | None = None
     device = split.features.device
     num_heads = getattr(model, "num_heads", 1)
     m1, m2 = dropout_masks(passes, num_heads, model.hidden, model.dropout, generator)
-    labels, uncertainty = [], []
+    labels = torch.empty(split.num_clips, device=device)
+    uncertainty = torch.empty(split.num_clips, device=device)
     with torch.no_grad():
         v, c = collapse_tail([t.detach().float() for t in model.head_weights()], m1.to(device), m2.to(device))
-        rows_per_chunk = max(1, batch_size // split.features.shape[1])
-        for rows in torch.arange(split.num_clips, device=device).split(rows_per_chunk):
-            x = _model_inputs(split, rows, window)
-            with _autocast(device, amp):
-                h = model.hidden1(x.flatten(0, 1))
+        for lo, hi, h in _first_layer(model, split, window, batch_size, amp):
             mean, var = mc_from_hidden(h, v, c)
-            labels.append(mean.view(len(rows), -1).mean(dim=1))
-            uncertainty.append(var.view(len(rows), -1).mean(dim=1))
-    return torch.cat(labels), torch.cat(uncertainty)
+            labels[lo:hi] = mean.view(hi - lo, -1).mean(dim=1)
+            uncertainty[lo:hi] = var.view(hi - lo, -1).mean(dim=1)
+    return labels, uncertainty
 
 
 def select_reliable(uncertainty: torch.Tensor, split: Split, cfg: SelfTrainConfig,
@@ -153,7 +196,7 @@ def train_clip_classifier(train: Split, labels: torch.Tensor, selected: torch.Te
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     for _ in _bar(range(cfg.epochs), progress, desc="f_c epochs"):
-        order = torch.randperm(len(sample_rows), generator=generator).to(device)
+        order = _to_device(torch.randperm(len(sample_rows), generator=generator), device)
         for batch in order.split(cfg.batch_size):
             r, c = sample_rows[batch], sample_crops[batch]
             x = context_features(train.features, starts, r, window, crop=c)
@@ -168,17 +211,21 @@ def train_clip_classifier(train: Split, labels: torch.Tensor, selected: torch.Te
 
 def score_clips(model: ClipClassifier, split: Split, window: int, *, batch_size: int = 65536,
                 amp: bool = False) -> torch.Tensor:
-    """Inference (Sec. 3.4): f_c in eval mode on every clip, probabilities averaged over crops. [N]."""
+    """Inference (Sec. 3.4): f_c in eval mode on every clip, probabilities averaged over crops. [N].
+
+    Without dropout the linear tail is one vector and bias (`collapse_tail` with all-ones
+    masks), so the score is sigmoid(h . v + c) on f_c's first layer h.
+    """
     device = split.features.device
     model.eval()
-    out = []
-    rows_per_chunk = max(1, batch_size // split.features.shape[1])
+    out = torch.empty(split.num_clips, device=device)
     with torch.no_grad():
-        for rows in torch.arange(split.num_clips, device=device).split(rows_per_chunk):
-            x = context_features(split.features, split.starts, rows, window)
-            with _autocast(device, amp):
-                out.append(torch.sigmoid(model(x).float()).mean(dim=1))
-    return torch.cat(out)
+        ones = [torch.ones(1, 1, n, device=device) for n in model.hidden]
+        v, c = collapse_tail([t.detach().float() for t in model.head_weights()], *ones)
+        for lo, hi, h in _first_layer(model, split, window, batch_size, amp):
+            logits = h.flatten(1) @ v.flatten(1).to(h.dtype).T  # [(hi - lo) C, 1]
+            out[lo:hi] = torch.sigmoid(logits.float() + c).view(hi - lo, -1).mean(dim=1)
+    return out
 
 
 @dataclass
@@ -193,6 +240,7 @@ class RunResult:
     classifier: ClipClassifier
     test_scores: torch.Tensor
     arrays: list[dict] = field(default_factory=list)
+    peak_memory: dict[str, int] = field(default_factory=dict)  # CUDA: peak bytes allocated per stage
 
 
 def run(config: RunConfig, train: Split, test: Split, *, oracle: torch.Tensor | None = None,
@@ -221,17 +269,29 @@ def _run(config, train, test, oracle, progress, keep_arrays, device, generator_m
     gen = torch.Generator().manual_seed(config.seed)
     st, amp = config.self_train, config.amp
     timings: dict[str, float] = {}
+    peak_memory: dict[str, int] = {}
+    cuda = device.type == "cuda"
 
     def timed(key, fn, *args, **kw):
         _sync(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        out = fn(*args, **kw)
+        try:
+            out = fn(*args, **kw)
+        except RuntimeError as err:
+            if not _is_out_of_memory(err):
+                raise
+            raise type(err)(_memory_advice(key, config, device)) from err
         _sync(device)
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        if cuda:
+            peak_memory[key] = max(peak_memory.get(key, 0), torch.cuda.max_memory_allocated(device))
         return out
 
-    train = timed("load", prepare_split, train, config.crops, device)
-    test = timed("load", prepare_split, test, config.crops, device)
+    dtype = feature_dtype(device, amp)
+    train = timed("load", prepare_split, train, config.crops, device, dtype)
+    test = timed("load", prepare_split, test, config.crops, device, dtype)
     if generator_model is None:
         f_g = timed("stage1", train_generator, train, config.generator, generator=gen, amp=amp, progress=progress)
     else:
@@ -262,7 +322,28 @@ def _run(config, train, test, oracle, progress, keep_arrays, device, generator_m
         if keep_arrays:
             arrays.append({"labels": labels.cpu(), "uncertainty": unc.cpu(), "selected": selected.cpu()})
         model, window = f_c, st.window
-    return RunResult(to_dict(config), dict(history[-1]), history, timings, f_g.cpu(), f_c.cpu(), scores.cpu(), arrays)
+    return RunResult(to_dict(config), dict(history[-1]), history, timings, f_g.cpu(), f_c.cpu(), scores.cpu(), arrays,
+                     peak_memory)
+
+
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    text = str(err)
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _memory_advice(key: str, config: RunConfig, device: torch.device) -> str:
+    """What to turn when stage `key` of a run does not fit in the memory of `device`."""
+    stage = key.split(".")[-1]
+    if stage == "load":
+        return (f"load: the features of a split do not fit on {device}; on CUDA set amp=True to keep them "
+                f"in bfloat16 (half of float32), or crops='mean' to keep one averaged crop per clip")
+    if stage not in MEMORY_KNOBS:
+        return f"{key}: out of memory on {device}"
+    knob = MEMORY_KNOBS[stage]
+    value = config
+    for part in knob.split("."):
+        value = getattr(value, part)
+    return f"{key}: out of memory on {device}; lower {knob} (now {value}) to take fewer clips at a time"
 
 
 def configure_parser(p):

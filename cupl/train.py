@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from cupl._checks import check_finite
 from cupl.config import ClipConfig, GeneratorConfig, RunConfig, SelfTrainConfig, make_config, to_dict
 from cupl.data.split import Split
 from cupl.evaluate import evaluate_scores
@@ -256,6 +257,8 @@ def run(config: RunConfig, train: Split, test: Split, *, oracle: torch.Tensor | 
     identical to one that trained it, because stage 2 draws from its own seeded streams.
     """
     config.validate()
+    check_finite("train features", train.features)
+    check_finite("test features", test.features)
     device = torch.device(config.device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

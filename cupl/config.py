@@ -22,6 +22,7 @@ class GeneratorConfig:
     alpha: float = 10.0  # weight of L_diver and L_norm (Eq. 7, Table 6)
     diversity: bool = True  # False trains with L_MIL alone (the baseline generator)
     diversity_on_normal: bool = False  # open: Eq. 2 on abnormal bags only (nothing to cover in normal ones)
+    head_scores: str = "sigmoid"  # open: A^k in Eq. 1-3 is each head's sigmoid score (Sec. 4.2), or "logits"
     num_segments: int = 32  # S
     lr: float = 0.1  # Adadelta (Sec. 4.2)
     steps: int = 3000  # open: the paper gives no count; one step = one batch of pairs
@@ -82,6 +83,7 @@ class RunConfig:
              "self_train.selection must be 'uncertainty', 'random' or 'all'"),
             (self.self_train.normal_labels in ("zero", "pseudo"), "self_train.normal_labels must be 'zero' or 'pseudo'"),
             (self.crops in ("each", "mean"), "crops must be 'each' or 'mean'"),
+            (self.generator.head_scores in ("sigmoid", "logits"), "generator.head_scores must be 'sigmoid' or 'logits'"),
             (self.generator.mc_passes >= 1 and self.clip.mc_passes >= 1, "mc_passes must be >= 1"),
             (self.generator.steps >= 1 and self.clip.epochs >= 1, "generator.steps and clip.epochs must be >= 1"),
         ]

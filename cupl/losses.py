@@ -62,13 +62,16 @@ def norm_loss(head_logits: torch.Tensor) -> torch.Tensor:
 
 
 def generator_loss(abnormal_heads: torch.Tensor, normal_heads: torch.Tensor, alpha: float = 10.0,
-                   diversity: bool = True, on_normal: bool = False) -> dict[str, torch.Tensor]:
+                   diversity: bool = True, on_normal: bool = False,
+                   head_scores: str = "sigmoid") -> dict[str, torch.Tensor]:
     """Stage-1 objective (Eq. 7): L_MIL + alpha L_diver + alpha L_norm.
 
     abnormal_heads, normal_heads: [B, K, S] per-head logits of B abnormal and B normal videos.
     Diversity and norm terms act on abnormal bags only (Fig. 1's premise is several events in
     one abnormal video; on normal bags there is nothing to cover), or on both with
-    ``on_normal=True``. With K = 1 or
+    ``on_normal=True``. `head_scores` says what A^k of Eq. 1-3 is: "sigmoid", each head's
+    sigmoid score (Sec. 4.2: every head ends in a sigmoid), or "logits", the raw head output.
+    With K = 1 or
     ``diversity=False`` the objective is the plain MIL loss (the baseline).
     Returns a dict with "loss" and its parts, for logging.
     """
@@ -79,7 +82,11 @@ def generator_loss(abnormal_heads: torch.Tensor, normal_heads: torch.Tensor, alp
     parts = {"mil": mil_ranking_loss(scores_a, scores_n)}
     loss = parts["mil"]
     if diversity and abnormal_heads.shape[1] >= 2:
+        if head_scores not in ("sigmoid", "logits"):
+            raise ValueError(f"head_scores must be 'sigmoid' or 'logits', got {head_scores!r}")
         bags = torch.cat([abnormal_heads, normal_heads]) if on_normal else abnormal_heads
+        if head_scores == "sigmoid":
+            bags = torch.sigmoid(bags)
         parts["diversity"] = diversity_loss(bags)
         parts["norm"] = norm_loss(bags)
         loss = loss + alpha * parts["diversity"] + alpha * parts["norm"]

@@ -146,7 +146,7 @@ def test_generator_loss_is_mil_plus_alpha_diversity_plus_alpha_norm():
     rng = np.random.default_rng(3)
     a, n = rng.normal(size=(4, 2, 32)), rng.normal(size=(4, 2, 32))
     alpha = 0.7
-    parts = generator_loss(torch.from_numpy(a), torch.from_numpy(n), alpha=alpha)
+    parts = generator_loss(torch.from_numpy(a), torch.from_numpy(n), alpha=alpha, head_scores="logits")
     mil = np_mil(sigmoid(a.mean(1)), sigmoid(n.mean(1)))  # Eq. 4: sigmoid of A_avg
     div, nrm = np_diversity(a), np_norm(a)  # on abnormal bags by default
     assert parts["mil"].item() == pytest.approx(mil, abs=1e-10)
@@ -158,10 +158,26 @@ def test_generator_loss_is_mil_plus_alpha_diversity_plus_alpha_norm():
 def test_generator_loss_on_normal_bags_too():
     rng = np.random.default_rng(4)
     a, n = rng.normal(size=(3, 3, 8)), rng.normal(size=(3, 3, 8))
-    parts = generator_loss(torch.from_numpy(a), torch.from_numpy(n), alpha=2.0, on_normal=True)
+    parts = generator_loss(torch.from_numpy(a), torch.from_numpy(n), alpha=2.0, on_normal=True, head_scores="logits")
     both = np.concatenate([a, n])
     assert parts["diversity"].item() == pytest.approx(np_diversity(both), abs=1e-10)
     assert parts["norm"].item() == pytest.approx(np_norm(both), abs=1e-10)
+
+
+def test_generator_loss_sigmoid_head_scores_enter_eq_1_to_3():
+    # default: A^k of Eq. 1-3 is each head's sigmoid score (Sec. 4.2); Eq. 4 still averages logits
+    rng = np.random.default_rng(6)
+    a, n = rng.normal(size=(4, 2, 16)) * 3, rng.normal(size=(4, 2, 16)) * 3
+    alpha = 1.5
+    parts = generator_loss(torch.from_numpy(a), torch.from_numpy(n), alpha=alpha)
+    mil = np_mil(sigmoid(a.mean(1)), sigmoid(n.mean(1)))
+    div, nrm = np_diversity(sigmoid(a)), np_norm(sigmoid(a))
+    assert parts["mil"].item() == pytest.approx(mil, abs=1e-10)
+    assert parts["diversity"].item() == pytest.approx(div, abs=1e-10)
+    assert parts["norm"].item() == pytest.approx(nrm, abs=1e-10)
+    assert parts["loss"].item() == pytest.approx(mil + alpha * (div + nrm), abs=1e-10)
+    with pytest.raises(ValueError, match="head_scores"):
+        generator_loss(torch.from_numpy(a), torch.from_numpy(n), head_scores="softmax")
 
 
 def test_single_head_or_no_diversity_is_plain_mil():

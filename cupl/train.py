@@ -104,7 +104,8 @@ def train_generator(train: Split, cfg: GeneratorConfig, *, generator: torch.Gene
     for step in _bar(range(cfg.steps), progress, desc="stage 1 (f_g)"):
         with _autocast(device, amp):
             heads = model(segments[videos[step], :, crops[step]]).float().transpose(1, 2)  # [2B, K, S]
-        loss = generator_loss(heads[:b], heads[b:], cfg.alpha, cfg.diversity, cfg.diversity_on_normal)["loss"]
+        loss = generator_loss(heads[:b], heads[b:], cfg.alpha, cfg.diversity, cfg.diversity_on_normal,
+                              cfg.head_scores)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -102,8 +102,8 @@ PRESETS: dict[str, dict] = {
 
 # Compute profiles: how long to train, not what to train. `full` is the paper scale.
 PROFILES: dict[str, dict] = {
-    "smoke": {"generator": {"steps": 60, "batch_size": 8}, "clip": {"epochs": 2, "batch_size": 256}},
-    "quick": {"generator": {"steps": 300, "batch_size": 16}, "clip": {"epochs": 4, "batch_size": 512}},
+    "smoke": {"generator": {"steps": 60, "batch_size": 8}, "clip": {"epochs": 3, "batch_size": 128}},
+    "quick": {"generator": {"steps": 300, "batch_size": 16}, "clip": {"epochs": 10, "batch_size": 128}},
     "full": {"generator": {"steps": 3000, "batch_size": 32}, "clip": {"epochs": 10, "batch_size": 65536}},
 }
 

@@ -1,13 +1,22 @@
-"""Diagnostics that need clip-level truth, which only the synthetic benchmark has.
+"""Diagnostics: what the method claims to improve, measured where the truth is known.
 
-Training never calls these; they measure what the method claims to improve: the quality of
-pseudo labels (Sec. 3.3) and how completely they cover the anomalous events (Sec. 3.2).
+Training never calls these (it only logs `pseudo_label_quality`). Most need clip-level
+truth, which only the synthetic benchmark has: the quality of pseudo labels and of the
+reliable clips mined from them (Sec. 3.3), how uncertainty tracks their error (Eq. 8-10),
+and how completely they cover the anomalous events of a video (Sec. 3.2). `event_runs`
+also finds the annotated intervals of test frames, and `verdict` puts two sets of per-seed
+results into words for the book's prose.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _auc(scores: np.ndarray, truth: np.ndarray) -> float:
@@ -43,3 +52,186 @@ def pseudo_label_quality(labels: torch.Tensor, uncertainty: torch.Tensor, select
         "label_mae_selected": float(err[s].mean()) if s.any() else float("nan"),
         "unc_error_corr": float(spearmanr(u, err).statistic) if len(u) > 2 else float("nan"),
     }
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _check_rows(name: str, x: np.ndarray, num_clips: int):
+    if x.shape != (num_clips,):
+        raise ValueError(f"{name}: expected shape [{num_clips}] (one value per clip of the split), got {x.shape}")
+
+
+def event_runs(mask, offsets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The events of every video: maximal runs of True that do not cross a video boundary.
+
+    mask: [N] bool over the rows of all videos concatenated (clips with oracle > 0.5, or
+    test frames); offsets: [V + 1], video v is rows offsets[v]:offsets[v + 1].
+    returns: (video [E], start [E], end [E]) int64, start/end relative to the video's first
+    row, end exclusive, sorted by video then start.
+    """
+    m, off = _np(mask).astype(bool), _np(offsets).astype(np.int64)
+    _check_rows("event_runs mask", m, int(off[-1]))
+    video = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    first = np.zeros(len(m), dtype=bool)
+    first[off[:-1][np.diff(off) > 0]] = True
+    prev = np.concatenate([[False], m[:-1]]) & ~first
+    nxt = np.concatenate([m[1:], [False]]) & ~np.roll(first, -1)
+    starts, lasts = np.flatnonzero(m & ~prev), np.flatnonzero(m & ~nxt)
+    return video[starts], starts - off[video[starts]], lasts + 1 - off[video[starts]]
+
+
+def event_coverage(labels, oracle, split, *, min_events: int = 2, level: float = 0.9,
+                   threshold: float = 0.5) -> dict[str, float]:
+    """Completeness (Sec. 3.2): do the pseudo labels reach *every* event of a video, or one?
+
+    labels, oracle: [N] over the split's clips (pseudo labels, clip truth in [0, 1]).
+    An event is a maximal run of clips with oracle > `threshold` (`event_runs`); the
+    video's normal clips are those with oracle == 0 (clips partly inside an event are
+    neither). Only abnormal videos with at least `min_events` events and at least one normal
+    clip count. An event's score is the share of its video's normal clips whose pseudo label
+    lies below the event's highest pseudo label (ties count one half): 1 when the event's best
+    clip outranks every normal clip of the video, 0.5 at chance. The event is *covered* when
+    its score is at least `level`, i.e. its best clip rises above the video's normal level
+    (the `level`-quantile of its normal clips).
+
+    returns: coverage (share of events covered), event_score (mean event score),
+    all_covered (share of videos with every event covered), events, videos (counts; the
+    shares are NaN when no video qualifies).
+    """
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"event_coverage: level must be in (0, 1], got {level!r}")
+    y, truth, off = _np(labels).astype(np.float64), _np(oracle), _np(split.offsets).astype(np.int64)
+    _check_rows("event_coverage labels", y, split.num_clips)
+    _check_rows("event_coverage oracle", truth, split.num_clips)
+    video, start, end = event_runs(truth > threshold, off)
+    counts = np.bincount(video, minlength=split.num_videos)
+    clip_video = np.repeat(np.arange(split.num_videos), np.diff(off))
+    normal = truth == 0
+    normal_counts = np.bincount(clip_video[normal], minlength=split.num_videos)
+    keep = (_np(split.labels) == 1) & (counts >= min_events) & (normal_counts > 0)
+    events = keep[video]
+    video, start, end = video[events], start[events], end[events]
+    if len(video) == 0:
+        nan = float("nan")
+        return {"coverage": nan, "event_score": nan, "all_covered": nan, "events": 0, "videos": 0}
+    bounds = np.stack([off[video] + start, off[video] + end], axis=1).ravel()
+    peak = np.maximum.reduceat(np.append(y, 0.0), bounds)[::2]  # max over each event's clips
+    score = _count_below(peak, video, y[normal], clip_video[normal]) / normal_counts[video]
+    covered = score >= level
+    per_video = np.bincount(video, weights=covered, minlength=split.num_videos)
+    return {
+        "coverage": float(covered.mean()),
+        "event_score": float(score.mean()),
+        "all_covered": float((per_video[keep] == counts[keep]).mean()),
+        "events": int(len(video)),
+        "videos": int(keep.sum()),
+    }
+
+
+def _count_below(values, groups, pool, pool_groups) -> np.ndarray:
+    """Per value: how many entries of `pool` in the same group lie below it, ties counting 1/2.
+
+    One sort of values and pool together by (group, value, kind): a value placed before the
+    pool entries equal to it counts those below, one placed after them those not above.
+    """
+    n = len(values)
+    group = np.concatenate([groups, groups, pool_groups])
+    value = np.concatenate([values, values, pool])
+    kind = np.concatenate([np.zeros(n), np.full(n, 2.0), np.ones(len(pool))])
+    order = np.lexsort((kind, value, group))
+    is_pool = (kind[order] == 1).astype(np.int64)
+    pool_before = np.empty(len(order), dtype=np.int64)
+    pool_before[order] = np.cumsum(is_pool) - is_pool
+    first_of_group = np.searchsorted(np.sort(pool_groups), groups, "left")
+    below, not_above = pool_before[:n] - first_of_group, pool_before[n:2 * n] - first_of_group
+    return 0.5 * (below + not_above)
+
+
+def _abnormal_rows(split) -> np.ndarray:
+    """[N] bool: clips of abnormal videos, the only ones whose pseudo labels can be wrong."""
+    return np.repeat(_np(split.labels) == 1, _np(split.lengths))
+
+
+def uncertainty_bins(labels, uncertainty, oracle, split, bins: int = 10) -> pd.DataFrame:
+    """Is MC-Dropout uncertainty (Eq. 10) high where the pseudo label (Eq. 9) is wrong?
+
+    labels, uncertainty, oracle: [N] over the split's clips. Clips of abnormal videos are
+    sorted by uncertainty (ties by index) and cut into `bins` groups of equal size (sizes
+    differ by at most one). returns: DataFrame, one row per bin from the least uncertain:
+    uncertainty (mean), error (mean |pseudo label - oracle|), clips.
+    """
+    import pandas as pd
+
+    if bins < 1:
+        raise ValueError(f"uncertainty_bins: bins must be >= 1, got {bins!r}")
+    arrays = [_np(a).astype(np.float64) for a in (labels, uncertainty, oracle)]
+    for name, a in zip(("labels", "uncertainty", "oracle"), arrays):
+        _check_rows(f"uncertainty_bins {name}", a, split.num_clips)
+    y, u, truth = (a[_abnormal_rows(split)] for a in arrays)
+    groups = np.array_split(np.argsort(u, kind="stable"), bins)
+    return pd.DataFrame({
+        "uncertainty": [u[g].mean() for g in groups],
+        "error": [np.abs(y[g] - truth[g]).mean() for g in groups],
+        "clips": [len(g) for g in groups],
+    })
+
+
+def selection_quality(labels, keys, oracle, split, ratios) -> pd.DataFrame:
+    """Reliable clip mining (Sec. 3.3): the pseudo labels kept at each ratio R, against the truth.
+
+    labels, keys, oracle: [N] over the split's clips; keys rank the clips of each video (the
+    MC-Dropout uncertainty, or random numbers for standard self-training) and the
+    max(1, ceil(R T)) clips with the lowest keys are kept, exactly as in training
+    (`cupl.mining.reliable_mask_split`). Scored on abnormal videos only, as
+    `pseudo_label_quality`. returns: DataFrame, one row per R: ratio, kept (share of the
+    clips kept), label_auc (ROC-AUC of the kept pseudo labels against oracle > 0.5),
+    label_mae (mean |pseudo label - oracle| over the kept clips) and anomalous (share of the
+    kept clips with oracle > 0.5).
+    """
+    import pandas as pd
+
+    from cupl.mining import reliable_mask_split
+
+    arrays = [_np(a).astype(np.float64) for a in (labels, keys, oracle)]
+    for name, a in zip(("labels", "keys", "oracle"), arrays):
+        _check_rows(f"selection_quality {name}", a, split.num_clips)
+    abnormal = _abnormal_rows(split)
+    y, truth = arrays[0][abnormal], arrays[2][abnormal]
+    hard = (truth > 0.5).astype(np.uint8)
+    rows = []
+    for ratio in ratios:
+        kept = reliable_mask_split(torch.as_tensor(arrays[1]), _cpu(split.offsets), float(ratio)).numpy()[abnormal]
+        rows.append({"ratio": float(ratio), "kept": float(kept.mean()), "label_auc": _auc(y[kept], hard[kept]),
+                     "label_mae": float(np.abs(y[kept] - truth[kept]).mean()), "anomalous": float(hard[kept].mean())})
+    return pd.DataFrame(rows)
+
+
+def _cpu(x):
+    return x.cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+
+
+def verdict(ours, other, *, scale: float = 100.0, unit: str = "points", digits: int = 1,
+            higher: str = "higher", lower: str = "lower") -> str:
+    """Two sets of per-seed results in words, for the prose of a chapter.
+
+    ours, other: per-seed values (e.g. the final AUC of each seed). The difference of the
+    means is judged against the spread s = sqrt(std(ours)^2 + std(other)^2), the standard
+    deviation of the difference of two single runs: "higher by 1.3 ± 0.9 points" when it
+    exceeds s, "no clear difference (0.4 ± 0.9 points, within one standard deviation)"
+    otherwise; with one seed on either side there is no spread to judge and the text says so.
+    """
+    a, b = np.asarray(ours, dtype=np.float64) * scale, np.asarray(other, dtype=np.float64) * scale
+    if a.size == 0 or b.size == 0:
+        raise ValueError(f"verdict: needs at least one value on each side, got {a.size} and {b.size}")
+    diff, unit = a.mean() - b.mean(), f" {unit}" if unit else ""
+    word = higher if diff > 0 else lower
+    if min(a.size, b.size) < 2:
+        if diff == 0:
+            return "no difference (one seed: no spread to judge)"
+        return f"{word} by {abs(diff):.{digits}f}{unit} (one seed: no spread to judge)"
+    spread = float(np.hypot(a.std(ddof=1), b.std(ddof=1)))
+    if abs(diff) > spread:
+        return f"{word} by {abs(diff):.{digits}f} ± {spread:.{digits}f}{unit}"
+    return f"no clear difference ({diff:+.{digits}f} ± {spread:.{digits}f}{unit}, within one standard deviation)"

@@ -1,15 +1,23 @@
 """Experiments the notebooks run: banks by name, multi-seed runs, ablation rows, sweeps.
 
 Every training result is reported over several seeds as mean ± spread, from the final
-model of each run (never the best iteration on the test set).
+model of each run (never the best iteration on the test set). Runs that differ only in
+stage 2 share one stage-1 model f_g per seed: in memory within a `Data`, and on disk between
+notebooks when `Data.stage1_cache` names a folder (keyed by the bank's digest, the `cupl`
+sources, the torch version and every setting stage 1 reads).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -53,6 +61,15 @@ class Data:
     test: Split
     oracle: torch.Tensor | None
     generators: dict = field(default_factory=dict)  # stage-1 models shared by runs that differ only later
+    stage1_cache: Path | None = None  # folder of stage-1 models shared between processes; None: memory only
+
+    @cached_property
+    def digest(self) -> str:
+        """What a stage-1 model trained on this bank depends on besides its settings:
+        the bank's content, the `cupl` sources and the torch version."""
+        from cupl.book import bank_digest, package_digest
+
+        return hashlib.sha256(f"{bank_digest(self.path)} {package_digest()} {torch.__version__}".encode()).hexdigest()
 
     @property
     def preset(self) -> str:
@@ -63,8 +80,17 @@ class Data:
         return "ucf"
 
 
-def load_data(bank: str | os.PathLike, profile: str = "quick", modality: str = "rgb") -> Data:
+def load_data(bank: str | os.PathLike, profile: str = "quick", modality: str = "rgb", *,
+              stage1_cache: str | os.PathLike | None = "default") -> Data:
+    """Both splits of `bank` (the embedded benchmark of `profile` when empty) and its train oracle.
+
+    stage1_cache: where stage-1 models are shared between notebooks; "default" is
+    `default_cache() / "stage1"`, None keeps them in memory only.
+    """
     from cupl.data.bank import BankError, FeatureBank
+
+    if stage1_cache == "default":
+        stage1_cache = default_cache() / "stage1"
 
     path = resolve_bank(bank, profile)
     with FeatureBank.open(path) as fb:
@@ -74,7 +100,59 @@ def load_data(bank: str | os.PathLike, profile: str = "quick", modality: str = "
             oracle = fb.oracle_split_labels("train", modality=modality)
         except BankError:
             oracle = None
-        return Data(path, dict(fb.attrs), train, test, oracle)
+        return Data(path, dict(fb.attrs), train, test, oracle,
+                    stage1_cache=Path(stage1_cache) if stage1_cache is not None else None)
+
+
+def stage1_key(config: RunConfig) -> tuple:
+    """Every setting stage 1 reads (Algorithm 1, l. 2-5), and nothing else.
+
+    With one head or without L_diver, Eq. 7 is L_MIL alone: alpha and the diversity switches
+    then change nothing, so K = 1 of Table 5 shares its f_g with the baseline of Table 4.
+    mc_passes is read after stage 1 (the first pseudo labels) and is left out.
+    """
+    g = dataclasses.asdict(config.generator)
+    del g["mc_passes"]
+    if g["num_heads"] == 1 or not g["diversity"]:
+        g.update(diversity=False, alpha=0.0, diversity_on_normal=False)
+    return (tuple(sorted(g.items())), config.seed, config.crops, config.modality, config.device, config.amp)
+
+
+def _stage1_path(data: Data, key: tuple) -> Path:
+    name = hashlib.sha256(json.dumps([data.digest, repr(key)]).encode()).hexdigest()[:24]
+    return data.stage1_cache / f"f_g-{name}.pt"
+
+
+def _load_stage1(data: Data, key: tuple, config: RunConfig):
+    """The stage-1 model of `key` from memory or the disk cache, else None."""
+    if key in data.generators:
+        return data.generators[key]
+    if data.stage1_cache is None or not _stage1_path(data, key).is_file():
+        return None
+    from cupl.models import MultiHeadClassifier
+
+    g = config.generator
+    model = MultiHeadClassifier(data.train.features.shape[-1], g.num_heads, g.hidden, g.dropout)
+    model.load_state_dict(torch.load(_stage1_path(data, key), map_location="cpu", weights_only=True))
+    data.generators[key] = model.eval()
+    return model
+
+
+def _store_stage1(data: Data, key: tuple, model) -> None:
+    """Keep a stage-1 model in memory and, atomically, in the disk cache."""
+    data.generators[key] = model
+    if data.stage1_cache is None:
+        return
+    path = _stage1_path(data, key)
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run_seeds(data: Data, seeds, *, preset: str | None = None, profile: str = "quick", variant: str = "full",
@@ -89,10 +167,10 @@ def run_seeds(data: Data, seeds, *, preset: str | None = None, profile: str = "q
     rows, history, results = [], [], []
     for seed in _bar(seeds, progress, desc=f"{variant} seeds"):
         config = make_config(preset, profile, variant, seed=seed, **overrides)
-        key = (repr(config.generator), config.seed, config.crops, config.modality, config.device)
+        key = stage1_key(config)
         result = run(config, data.train, data.test, oracle=data.oracle, progress=False, keep_arrays=keep,
-                     generator_model=data.generators.get(key))
-        data.generators[key] = result.generator
+                     generator_model=_load_stage1(data, key, config))
+        _store_stage1(data, key, result.generator)
         rows.append({"seed": seed, **result.metrics, "seconds": sum(result.timings.values())})
         history += [{"seed": seed, **h} for h in result.history]
         if keep:
@@ -136,6 +214,81 @@ def mean_pm(frame: pd.DataFrame, by, metric: str = "auc", scale: float = 100.0, 
     return s.apply(lambda r: f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f} (n={int(r['count'])})", axis=1)
 
 
+def gain(treated: pd.DataFrame, control: pd.DataFrame, metric: str = "auc", scale: float = 100.0):
+    """treated - control in points: the difference of the seed means and its spread.
+
+    treated, control: one row per seed (`run_seeds`, or a slice of `grid`).
+    returns: (difference, spread) with spread = sqrt(std_t^2 + std_c^2), the standard
+    deviation of the difference of two single runs, as `cupl.diagnostics.verdict` judges
+    it; NaN with a single seed on either side.
+    """
+    a, b = treated[metric].to_numpy(float) * scale, control[metric].to_numpy(float) * scale
+    if a.size == 0 or b.size == 0:
+        raise ValueError(f"gain: needs seeds on both sides, got {a.size} and {b.size} rows of {metric!r}")
+    spread = float(np.hypot(a.std(ddof=1), b.std(ddof=1))) if min(a.size, b.size) > 1 else float("nan")
+    return float(a.mean() - b.mean()), spread
+
+
+def paper_verdict(treated: pd.DataFrame, control: pd.DataFrame, paper_gain: float, metric: str = "auc",
+                  scale: float = 100.0, digits: int = 2) -> str:
+    """Does a gain the paper reports (points, on real features) reproduce on this bank?
+
+    Judged by direction only: sizes measured on another bank are not comparable. "reproduces"
+    when our difference exceeds its spread with the paper's sign; otherwise it "does not
+    reproduce here", because there is no clear difference or because the sign is reversed.
+    """
+    diff, spread = gain(treated, control, metric, scale)
+    numbers = f"{diff:+.{digits}f} ± {spread:.{digits}f} points here, {paper_gain:+.{digits}f} in the paper"
+    if not abs(diff) > spread:  # also when spread is NaN (one seed)
+        return f"does not reproduce here: no clear difference ({numbers})"
+    if np.sign(diff) != np.sign(paper_gain):
+        return f"does not reproduce here: the sign is reversed ({numbers})"
+    return f"reproduces in direction ({numbers})"
+
+
+def best_setting(frame: pd.DataFrame, by: str, metric: str = "auc", scale: float = 100.0, digits: int = 2) -> str:
+    """The value of `by` with the highest mean `metric`, and which others are not clearly worse.
+
+    Another value is "within one standard deviation" of the best when the difference of the
+    means is at most sqrt(std_best^2 + std_other^2), as in `gain`.
+    """
+    s = summarize(frame, by, (metric,), scale)[metric]
+    best = s["mean"].idxmax()
+    spread = np.hypot(s["std"].fillna(np.inf), s.loc[best, "std"])
+    close = [v for v in s.index if v != best and s.loc[best, "mean"] - s.loc[v, "mean"] <= spread[v]]
+    head = f"{by} = {best} gives the highest mean, {s.loc[best, 'mean']:.{digits}f} ± {s.loc[best, 'std']:.{digits}f}"
+    if not close:
+        return f"{head}; every other value is lower by more than one standard deviation"
+    return f"{head}; {', '.join(f'{by} = {v}' for v in close)} within one standard deviation of it"
+
+
+def example_videos(split) -> dict[str, int]:
+    """Three test videos to look at (the paper's Fig. 5): indices into `split`.
+
+    "multi-event": the abnormal video with the most annotated intervals (the longer video on
+    ties); "long event": another abnormal video with the longest single interval (in frames);
+    "normal": the longest normal video, where false alarms have the most room.
+    """
+    from cupl.diagnostics import event_runs
+
+    if split.frame_labels is None:
+        raise ValueError("example_videos: the split has no frame labels (is it a test split?)")
+    lengths = np.array([len(m) for m in split.frame_labels])
+    video, start, end = event_runs(np.concatenate(split.frame_labels).astype(bool),
+                                   np.concatenate([[0], np.cumsum(lengths)]))
+    counts = np.bincount(video, minlength=split.num_videos)
+    longest = np.zeros(split.num_videos, dtype=np.int64)
+    np.maximum.at(longest, video, end - start)
+    abnormal = split.labels.cpu().numpy() == 1
+    if counts[abnormal].max(initial=0) == 0 or not (~abnormal).any():
+        raise ValueError("example_videos: the split needs an annotated abnormal video and a normal video")
+    multi = int(np.lexsort((lengths, np.where(abnormal, counts, -1)))[-1])
+    others = np.where(abnormal & (np.arange(split.num_videos) != multi), longest, -1)
+    long = int(np.argmax(others)) if others.max() > 0 else multi
+    normal = int(np.argmax(np.where(abnormal, -1, lengths)))
+    return {"multi-event": multi, "long event": long, "normal": normal}
+
+
 def _bar(iterable, progress: bool, **kw):
     if not progress:
         return iterable
@@ -144,4 +297,5 @@ def _bar(iterable, progress: bool, **kw):
     return tqdm(iterable, **kw)
 
 
-__all__ = ["Data", "load_data", "resolve_bank", "run_seeds", "grid", "summarize", "mean_pm", "RunConfig", "RunResult"]
+__all__ = ["Data", "load_data", "resolve_bank", "stage1_key", "run_seeds", "grid", "summarize", "mean_pm", "gain",
+           "paper_verdict", "best_setting", "example_videos", "RunConfig", "RunResult"]

@@ -1,0 +1,216 @@
+"""Experiments: banks loaded for training, multi-seed runs sharing stage 1 (in memory and on
+disk), summaries, verdicts and the example videos, on the toy data of `tests/toy.py`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cupl import experiments as ex
+from cupl.config import make_config
+from cupl.data.bank import VideoData, write_bank
+from cupl.data.split import Split
+from cupl.train import train_generator
+from toy import toy_split
+
+TINY = {"generator.steps": 30, "generator.batch_size": 4, "generator.mc_passes": 4, "clip.epochs": 1,
+        "clip.batch_size": 256, "clip.mc_passes": 2, "self_train.iterations": 2}
+
+
+def split_videos(split: Split, oracle, name: str):
+    """The videos of a toy split as the bank writer takes them."""
+    off = split.offsets.tolist()
+    for v in range(split.num_videos):
+        rows = slice(off[v], off[v + 1])
+        yield VideoData(
+            name=f"{name}_{split.names[v]}", split=name, label=int(split.labels[v]), category=split.categories[v],
+            num_frames=int(split.num_frames[v]), features={"rgb": split.features[rows].numpy()},
+            frame_labels=split.frame_labels[v] if split.frame_labels is not None else None,
+            oracle_clip_labels=oracle[rows].numpy() if name == "train" and oracle is not None else None,
+        )
+
+
+def toy_bank(path, oracle: bool = True):
+    train, truth = toy_split(6, 6, seed=1)
+    test, _ = toy_split(4, 4, seed=2, test=True)
+    videos = [*split_videos(train, truth if oracle else None, "train"), *split_videos(test, None, "test")]
+    attrs = dict(source="toy bank of tests/toy.py", feature_kind="toy", frames_per_clip=16, crops=2,
+                 modalities=["rgb"])
+    return write_bank(path, videos, attrs=attrs, dtype="float32", progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Toy models are tiny: a second intra-op thread only adds synchronisation (many times
+    slower on a busy 2-core machine). Restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    return toy_bank(tmp_path_factory.mktemp("bank") / "toy.h5")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_load_data_reads_both_splits_and_the_oracle(bank, tmp_path):
+    data = ex.load_data(bank, stage1_cache=tmp_path / "stage1")
+    truth = toy_split(6, 6, seed=1)[1]
+    assert data.train.num_videos == 12 and data.test.num_videos == 8
+    assert torch.equal(data.oracle, truth)
+    assert data.test.frame_labels is not None
+    assert data.stage1_cache == tmp_path / "stage1"
+    assert data.preset == "ucf"  # a bank naming no dataset runs with the UCF-Crime settings
+
+
+def test_load_data_without_oracle_and_without_disk_cache(tmp_path):
+    path = toy_bank(tmp_path / "real-like.h5", oracle=False)
+    data = ex.load_data(path, stage1_cache=None)
+    assert data.oracle is None and data.stage1_cache is None
+
+
+def test_missing_bank_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        ex.load_data(tmp_path / "nope.h5")
+
+
+# ---------------------------------------------------------------- stage 1 shared
+
+
+def test_stage1_key_ignores_stage2_and_the_unused_diversity_settings():
+    base = make_config("ucf", "smoke", "full", seed=1)
+    assert ex.stage1_key(base) == ex.stage1_key(make_config("ucf", "smoke", "standard", seed=1))
+    assert ex.stage1_key(base) == ex.stage1_key(make_config("ucf", "smoke", seed=1, **{"self_train.ratio": 0.3}))
+    assert ex.stage1_key(base) == ex.stage1_key(make_config("ucf", "smoke", seed=1, **{"generator.mc_passes": 9}))
+    assert ex.stage1_key(base) != ex.stage1_key(make_config("ucf", "smoke", seed=2))
+    assert ex.stage1_key(base) != ex.stage1_key(make_config("ucf", "smoke", seed=1, **{"generator.alpha": 1.0}))
+    one_head = make_config("ucf", "smoke", seed=1, **{"generator.num_heads": 1, "generator.alpha": 3.0})
+    assert ex.stage1_key(one_head) == ex.stage1_key(make_config("ucf", "smoke", "baseline", seed=1))
+
+
+def test_one_head_trains_the_same_generator_with_or_without_diversity():
+    # the premise of stage1_key: with K = 1, Eq. 7 is L_MIL whatever alpha and the switch say
+    train, _ = toy_split(4, 4, seed=3)
+    models = []
+    for diversity, alpha in ((True, 10.0), (False, 0.0)):
+        cfg = make_config("ucf", "smoke", **TINY, **{"generator.num_heads": 1, "generator.diversity": diversity,
+                                                     "generator.alpha": alpha}).generator
+        torch.manual_seed(0)
+        models.append(train_generator(train, cfg, generator=torch.Generator().manual_seed(0)))
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_run_seeds_reuses_stage1_from_disk_in_a_new_process_state(bank, tmp_path):
+    cache = tmp_path / "stage1"
+    first = ex.load_data(bank, stage1_cache=cache)
+    runs, history, results = ex.run_seeds(first, [0, 1], profile="smoke", keep=True, **TINY)
+    assert len(list(cache.glob("f_g-*.pt"))) == 2
+    assert all(r.timings["stage1"] > 0 for r in results)
+    again = ex.load_data(bank, stage1_cache=cache)  # a fresh Data: nothing in memory
+    runs2, history2, results2 = ex.run_seeds(again, [0, 1], profile="smoke", keep=True, **TINY)
+    assert all(r.timings["stage1"] == 0.0 for r in results2)
+    pd.testing.assert_frame_equal(runs.drop(columns="seconds"), runs2.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(history, history2)
+    assert not list(cache.glob(".*tmp")), "no temporary file is left behind"
+
+
+def test_run_seeds_shapes_and_grid_rows(bank):
+    data = ex.load_data(bank, stage1_cache=None)
+    runs, history = ex.run_seeds(data, 2, profile="smoke", **TINY)
+    assert list(runs["seed"]) == [0, 1]
+    assert list(history["iteration"]) == [1, 2, 1, 2]
+    assert {"auc", "ap", "pr_auc", "auc_abnormal", "label_auc"} <= set(history.columns)
+    # the final metrics are the last iteration's, never the best one
+    last = history[history["iteration"] == 2].reset_index(drop=True)
+    assert np.allclose(runs["auc"], last["auc"])
+    frame = ex.grid(data, "R", [0.3, 0.6], [0], key="self_train.ratio", profile="smoke", progress=False, **TINY)
+    assert list(frame["R"]) == [0.3, 0.6] and list(frame["seed"]) == [0, 0]
+
+
+# ---------------------------------------------------------------- summaries and verdicts
+
+
+def seeds(values, **extra):
+    return pd.DataFrame({"seed": range(len(values)), "auc": values, **extra})
+
+
+def test_summarize_and_mean_pm_by_hand():
+    frame = pd.concat([seeds([0.80, 0.82, 0.84], K=1), seeds([0.70, 0.70, 0.70], K=2)])
+    s = ex.summarize(frame, "K")
+    assert s.loc[1, ("auc", "mean")] == pytest.approx(82.0)
+    assert s.loc[1, ("auc", "std")] == pytest.approx(2.0)
+    assert s.loc[2, ("auc", "std")] == pytest.approx(0.0)
+    assert list(ex.mean_pm(frame, "K")) == ["82.00 ± 2.00 (n=3)", "70.00 ± 0.00 (n=3)"]
+
+
+def test_gain_by_hand():
+    diff, spread = ex.gain(seeds([0.80, 0.82, 0.84]), seeds([0.78, 0.79, 0.80]))
+    assert diff == pytest.approx(3.0)
+    assert spread == pytest.approx(math.sqrt(2.0 ** 2 + 1.0 ** 2))
+    diff, spread = ex.gain(seeds([0.9]), seeds([0.8, 0.7]))
+    assert diff == pytest.approx(15.0) and math.isnan(spread)
+    with pytest.raises(ValueError, match="'auc'"):
+        ex.gain(seeds([]), seeds([0.8]))
+
+
+def test_paper_verdict_cases():
+    control = seeds([0.78, 0.79, 0.80])  # 79 ± 1
+    assert ex.paper_verdict(seeds([0.80, 0.82, 0.84]), control, 2.03) == (
+        "reproduces in direction (+3.00 ± 2.24 points here, +2.03 in the paper)")
+    assert ex.paper_verdict(seeds([0.79, 0.80, 0.81]), control, 2.03) == (
+        "does not reproduce here: no clear difference (+1.00 ± 1.41 points here, +2.03 in the paper)")
+    assert ex.paper_verdict(seeds([0.74, 0.75, 0.76]), control, 1.83).startswith(
+        "does not reproduce here: the sign is reversed (-4.00 ± 1.41")
+    assert ex.paper_verdict(seeds([0.9]), seeds([0.7]), 1.0).startswith("does not reproduce here: no clear")
+
+
+def test_best_setting_names_the_values_within_one_std():
+    frame = pd.concat([seeds([0.80, 0.82, 0.84], K=1), seeds([0.83, 0.84, 0.85], K=2),
+                       seeds([0.70, 0.70, 0.70], K=3)])
+    # best K=2: 84 ± 1; K=1: 82 ± 2 is 2 below, spread sqrt(5) = 2.24; K=3 is 14 below
+    assert ex.best_setting(frame, "K") == (
+        "K = 2 gives the highest mean, 84.00 ± 1.00; K = 1 within one standard deviation of it")
+    clear = pd.concat([seeds([0.83, 0.84, 0.85], K=2), seeds([0.70, 0.70, 0.70], K=3)])
+    assert ex.best_setting(clear, "K").endswith("every other value is lower by more than one standard deviation")
+
+
+# ---------------------------------------------------------------- example videos
+
+
+def hand_split(masks: list[list[int]], labels: list[int]) -> Split:
+    lengths = [math.ceil(len(m) / 16) for m in masks]
+    return Split(features=torch.zeros(sum(lengths), 1, 2), offsets=torch.tensor(np.cumsum([0, *lengths])),
+                 labels=torch.tensor(labels), names=[f"v{i}" for i in range(len(masks))],
+                 categories=["A" if l else "Normal" for l in labels], num_frames=torch.tensor([len(m) for m in masks]),
+                 frame_labels=[np.array(m, dtype=np.uint8) for m in masks])
+
+
+def test_example_videos_by_hand():
+    masks = [
+        [0] * 10 + [1] * 30 + [0] * 10,             # abnormal, one interval of 30
+        [1, 1, 0, 1, 0, 0, 1, 1, 1] + [0] * 20,     # abnormal, three intervals
+        [0] * 40,                                   # normal, 40 frames
+        [0] * 5 + [1] * 12 + [0] * 3 + [1] * 4,     # abnormal, two intervals, longest 12
+        [0] * 70,                                   # normal, the longest
+    ]
+    picked = ex.example_videos(hand_split(masks, [1, 1, 0, 1, 0]))
+    assert picked == {"multi-event": 1, "long event": 0, "normal": 4}
+
+
+def test_example_videos_needs_frame_labels_and_both_kinds():
+    split = hand_split([[0, 1, 1], [0, 0, 0]], [1, 0])
+    with pytest.raises(ValueError, match="abnormal video and a normal video"):
+        ex.example_videos(hand_split([[0, 1, 1]], [1]))
+    assert ex.example_videos(split) == {"multi-event": 0, "long event": 0, "normal": 1}
+    no_labels = Split(split.features, split.offsets, split.labels, split.names, split.categories, split.num_frames)
+    with pytest.raises(ValueError, match="frame labels"):
+        ex.example_videos(no_labels)

@@ -1,0 +1,630 @@
+"""Paper scale on one GPU, checked in one short run: build, run, compare, load, report.
+
+One command on a GPU machine (16 CPU cores, 128 GB RAM, one H100/H200) that finishes in
+about 3 minutes and at most `--budget-s` (default 290 s) of steps; every line it prints
+starts with the clock and the seconds since start, so a run cut short still shows where it
+was. Each step is guarded: a failing step is reported with its traceback and the others
+still run. Results go to gpu_check.json and gpu_check.md in $OUT (else ./gpu_check_out/),
+rewritten after every step.
+
+Steps:
+
+  plan       the structure of the embedded UCF-Crime benchmark at `full` scale
+             (`cupl.data.synth.video_plan`): the 290 real test videos with their real lengths
+             and annotated intervals, the 1,610 training videos with lengths and events drawn
+             from the real distribution. The drawn training lengths add up to about 368k
+             clips, half of the real training split (about 780k clips, 12.5M frames), so
+             every training video is stretched by one factor to `--train-clips` (default
+             780,000; 0 keeps the plan's lengths); test videos keep their real lengths.
+  generate   the features, made on the device (`synthesize`): the embedded benchmark's
+             premises in a simpler form (per-video latent scene, slow drift, clip noise,
+             events along their class direction as boxes, crop noise, one fixed random
+             softplus lift to D = 2048), 10 crops, bfloat16: 7.8M train vectors, 32 GB.
+  warmup     a smoke-profile run on a few videos, untimed, so that library set-up and
+             kernel selection are not charged to the pipeline.
+  pipeline   `cupl.train.run` once with the `full` profile and bfloat16 autocast: the
+             per-stage table of `benchmarks/pipeline.py` (FLOP, TFLOP/s, floor, peak
+             memory per stage).
+  agreement  CUDA against the CPU on a subset (`--agree-videos` train and
+             `--agree-test-videos` test videos, same seed, float32, fewer steps): the
+             pseudo labels, uncertainty and selection of every iteration and the final test
+             scores, within the tolerances in TOLERANCE; also the same trained models
+             applied on both devices (inference alone). A bfloat16 run is compared too.
+  bank_io    about `--io-gb` of training videos written with `cupl.data.bank.write_bank`,
+             dropped from the page cache, then read to the GPU with `FeatureBank.load_split`;
+             the time for the whole training split is extrapolated linearly from it.
+  compile    torch.compile of f_c's training step against eager, on one epoch
+             (only if at least 120 s of the budget are left).
+
+    python benchmarks/gpu_check.py                               # on the GPU machine
+    python benchmarks/gpu_check.py --device cpu --scale 0.01 --dim 64 --crops 2 \\
+        --profile smoke --train-clips 0 --io-gb 0.002 --skip compile   # a tiny check on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pipeline  # noqa: E402  (benchmarks/pipeline.py: FLOP counts and tables)
+
+STEPS = ("plan", "generate", "warmup", "pipeline", "agreement", "bank_io", "compile")
+FRAMES_PER_CLIP = 16
+FPS = 30.0
+REAL_TRAIN_CLIPS = 780_000
+# max |difference| allowed between two runs of the same subset and seed (agreement step):
+# inference alone on the same models; whole float32 runs, where each device trains its own
+# models and rounding differences grow through training; and bfloat16 against float32.
+TOLERANCE = {
+    "inference": {"labels": 1e-4, "scores": 1e-4},
+    "float32": {"labels": 1e-2, "scores": 2e-2, "auc": 5e-3, "selected": 0.98},
+    "bfloat16": {"labels": 5e-2, "scores": 1e-1, "auc": 2e-2, "selected": 0.90},
+}
+
+
+# --------------------------------------------------------------------------- the data
+
+
+def stretch(plans: list, factor: float) -> list[dict]:
+    """Videos of a plan as dicts, with frames and events of each scaled by `factor` (1 keeps them)."""
+    out = []
+    for p in plans:
+        frames = max(1, round(p.num_frames * factor))
+        events = [(min(round(s * factor), frames - 1), min(max(round(e * factor), round(s * factor) + 1), frames))
+                  for s, e in p.events]
+        out.append(dict(name=p.name, label=p.label, category=p.category, num_frames=frames, events=events))
+    return out
+
+
+def clip_event_strength(lengths: torch.Tensor, event_video: torch.Tensor, event_start: torch.Tensor,
+                        event_end: torch.Tensor, amplitude: torch.Tensor,
+                        frames_per_clip: int = FRAMES_PER_CLIP) -> torch.Tensor:
+    """[N] event strength of every clip: the mean over its frames of the summed amplitudes of
+    the events covering each frame.
+
+    lengths: [V] clips per video; events e: video event_video[e], frames event_start[e] <= f <
+    event_end[e] of that video (0-based, end within the video's frames), amplitude[e].
+    Frames are laid out video after video, frames_per_clip per clip; one difference array
+    and its float64 prefix sum give every frame's strength, with no loop over videos.
+    """
+    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    first_frame = offsets[:-1] * frames_per_clip
+    total = int(offsets[-1]) * frames_per_clip
+    diff = torch.zeros(total + 1, dtype=torch.float64, device=lengths.device)
+    amp = amplitude.double()
+    diff.index_add_(0, first_frame[event_video] + event_start, amp)
+    diff.index_add_(0, first_frame[event_video] + event_end, -amp)
+    per_frame = diff.cumsum(0)[:-1]
+    return per_frame.view(-1, frames_per_clip).mean(dim=1).float()
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def synthesize(lengths: torch.Tensor, classes: torch.Tensor, strength: torch.Tensor, *, num_classes: int,
+               dim: int, crops: int, seed: int, premises, dtype=torch.bfloat16,
+               chunk_vectors: int = 2**18) -> torch.Tensor:
+    """Clip features of a whole split, made where `lengths` lives: [N, crops, dim] in `dtype`.
+
+    lengths: [V] clips per video; classes: [V] event class of each video; strength: [N] event
+    strength per clip (`clip_event_strength`). premises: the embedded benchmark's parameters
+    (`cupl.data.synth.PREMISES`: latent size, scene, drift, noise, lift). For clip t of video v
+
+        z_t    = scene_v + sum_k a_vk cos(2 pi s_t / P_vk + phi_vk) + noise_t + strength_t d_class(v)
+        x_t,c  = g * softplus((z_t + eps_t,c) W - theta)
+
+    with s_t the clip's centre in seconds (30 fps). All random draws come from one generator
+    on the device seeded with `seed`, chunk by chunk (`chunk_vectors` vectors at a time, which
+    also bounds the float32 temporaries), so a seed and a chunk size give the same features.
+    """
+    device, p = lengths.device, premises
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=g, device=device)
+
+    def uniform(low, high, *shape):
+        return low + (high - low) * torch.rand(*shape, generator=g, device=device)
+
+    latent, k = p.latent_dim, p.drift_components
+    lift = normal(latent, dim) / math.sqrt(latent)
+    threshold = p.threshold_mean + p.threshold_std * normal(dim)
+    gain = torch.exp(p.channel_gain_log_std * normal(dim))
+    w = p.shared_anomaly_weight
+    directions = _unit(w * _unit(normal(latent)) + math.sqrt(1 - w * w) * _unit(normal(num_classes, latent)))
+    videos = len(lengths)
+    scene = p.scene_std * normal(videos, latent)
+    periods = torch.exp(uniform(math.log(p.drift_period_s[0]), math.log(p.drift_period_s[1]), videos, k))
+    phases = uniform(0.0, 2 * math.pi, videos, k)
+    drift = p.drift_std * math.sqrt(2.0 / k) * normal(videos, k, latent)
+    video = torch.repeat_interleave(torch.arange(videos, device=device), lengths)
+    starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+    seconds = ((torch.arange(len(video), device=device) - starts[video]) * FRAMES_PER_CLIP
+               + FRAMES_PER_CLIP / 2) / FPS
+    out = torch.empty(len(video), crops, dim, dtype=dtype, device=device)
+    rows = max(1, chunk_vectors // crops)
+    for lo in range(0, len(video), rows):
+        v = video[lo:lo + rows]
+        n = len(v)
+        waves = torch.cos(2 * math.pi * seconds[lo:lo + rows, None] / periods[v] + phases[v])  # [n, K]
+        z = (scene[v] + torch.einsum("nk,nkl->nl", waves, drift[v]) + p.clip_noise_std * normal(n, latent)
+             + strength[lo:lo + rows, None] * directions[classes[v]])
+        zc = z[:, None, :] + p.crop_noise_std * normal(n, crops, latent)
+        out[lo:lo + rows] = (gain * torch.nn.functional.softplus(zc @ lift - threshold)).to(dtype)
+    return out
+
+
+def build_split(videos: list[dict], *, test: bool, num_classes: int, class_index: dict, dim: int, crops: int,
+                seed: int, device, premises, dtype=torch.bfloat16):
+    """A `cupl.data.split.Split` of the given videos, features made on `device`."""
+    from cupl.data.annotations import frame_mask
+    from cupl.data.split import Split
+
+    lengths = torch.tensor([-(-v["num_frames"] // FRAMES_PER_CLIP) for v in videos], device=device)
+    events = [(i, s, e) for i, v in enumerate(videos) for s, e in v["events"]]
+    g = torch.Generator().manual_seed(seed)
+    amplitude = premises.event_amplitude_median * torch.exp(
+        premises.event_amplitude_log_std * torch.randn(len(events), generator=g))
+    ev = torch.tensor(events, dtype=torch.long).reshape(-1, 3).to(device)
+    strength = clip_event_strength(lengths, ev[:, 0], ev[:, 1], ev[:, 2], amplitude.to(device))
+    classes = torch.tensor([class_index.get(v["category"], 0) for v in videos], device=device)
+    features = synthesize(lengths, classes, strength, num_classes=num_classes, dim=dim, crops=crops,
+                          seed=seed, premises=premises, dtype=dtype)
+    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    masks = [frame_mask(v["events"], v["num_frames"], v["name"])[0] for v in videos] if test else None
+    return Split(features=features, offsets=offsets,
+                 labels=torch.tensor([v["label"] for v in videos], device=device),
+                 names=[v["name"] for v in videos], categories=[v["category"] for v in videos],
+                 num_frames=torch.tensor([v["num_frames"] for v in videos], device=device),
+                 frame_labels=masks, frames_per_clip=FRAMES_PER_CLIP)
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """`count` indices spread over range(total) (the list order keeps the class mix)."""
+    count = max(1, min(count, total))
+    return [(i * total) // count for i in range(count)]
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def compare_runs(a, b) -> dict:
+    """Largest differences between two `RunResult`s of the same data and seed (keep_arrays)."""
+    out = {"labels": 0.0, "uncertainty": 0.0, "selected": 1.0}
+    for x, y in zip(a.arrays, b.arrays):
+        out["labels"] = max(out["labels"], float((x["labels"] - y["labels"]).abs().max()))
+        out["uncertainty"] = max(out["uncertainty"], float((x["uncertainty"] - y["uncertainty"]).abs().max()))
+        out["selected"] = min(out["selected"], float((x["selected"] == y["selected"]).float().mean()))
+    out["scores"] = float((a.test_scores - b.test_scores).abs().max())
+    out["auc"] = abs(a.metrics["auc"] - b.metrics["auc"])
+    return out
+
+
+def within(diffs: dict, tolerance: dict) -> bool:
+    return all(diffs[k] >= v if k == "selected" else diffs[k] <= v for k, v in tolerance.items())
+
+
+def inference_agreement(result, train, test, config, settings) -> dict:
+    """The same trained f_g and f_c applied under two (device, eval_batch_size) settings:
+    max |difference| of pseudo labels (of f_g and of f_c) and of test scores, float32."""
+    from cupl.train import prepare_split, pseudo_labels, score_clips
+
+    outs = []
+    w = config.self_train.window
+    for device, batch in settings:
+        tr = prepare_split(train, config.crops, device)
+        te = prepare_split(test, config.crops, device)
+        f_g, f_c = result.generator.to(device), result.classifier.to(device)
+        labels_g = pseudo_labels(f_g, tr, config.generator.mc_passes, generator=torch.Generator().manual_seed(1),
+                                 batch_size=batch)[0]
+        labels_c = pseudo_labels(f_c, tr, config.clip.mc_passes, window=w,
+                                 generator=torch.Generator().manual_seed(2), batch_size=batch)[0]
+        outs.append((labels_g.cpu(), labels_c.cpu(), score_clips(f_c, te, w, batch_size=batch).cpu()))
+    result.generator.cpu(), result.classifier.cpu()
+    (ga, ca, sa), (gb, cb, sb) = outs
+    return {"labels": max(float((ga - gb).abs().max()), float((ca - cb).abs().max())),
+            "scores": float((sa - sb).abs().max())}
+
+
+def run_once(train, test, *, profile: str, **settings):
+    """(RunResult with arrays, seconds) of one run of Algorithm 1 with the given config settings."""
+    from cupl.config import make_config
+    from cupl.train import run
+
+    start = time.perf_counter()
+    result = run(make_config("ucf", profile, **settings), train, test, progress=False, keep_arrays=True)
+    return result, time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- bank I/O
+
+
+def drop_from_page_cache(path: Path) -> bool:
+    """Ask the kernel to forget the cached pages of one file (no root needed); False if it cannot."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Check:
+    """Runs the steps in order under a time budget and keeps the report up to date on disk."""
+
+    def __init__(self, out: Path, budget_s: float, skip: set[str]):
+        self.out, self.budget_s, self.skip = out, budget_s, skip
+        self.start = time.perf_counter()
+        self.report: dict = {"steps": {}}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def log(self, message: str):
+        print(f"[{datetime.datetime.now():%H:%M:%S} +{self.elapsed():6.1f}s] {message}", flush=True)
+
+    def step(self, name: str, fn, *, needs: tuple[str, ...] = (), min_left_s: float = 0.0):
+        record = self.report["steps"].setdefault(name, {})
+        missing = [n for n in needs if self.report["steps"].get(n, {}).get("status") != "ok"]
+        left = self.budget_s - self.elapsed()
+        reason = ("--skip" if name in self.skip else f"needs {', '.join(missing)}" if missing
+                  else f"{left:.0f} s of the budget left, needs {min_left_s:.0f} s" if left < min_left_s else None)
+        if reason:
+            record.update(status="skipped", reason=reason)
+            self.log(f"{name}: skipped ({reason})")
+            self.save()
+            return None
+        self.log(f"{name}: start")
+        t0 = time.perf_counter()
+        try:
+            value = fn(record)
+            record.update(status="ok", seconds=time.perf_counter() - t0)
+            self.log(f"{name}: ok in {record['seconds']:.1f} s")
+        except Exception as err:  # every step is guarded; the report names what failed
+            value = None
+            record.update(status="failed", seconds=time.perf_counter() - t0, error=f"{type(err).__name__}: {err}",
+                          traceback=traceback.format_exc())
+            self.log(f"{name}: FAILED: {type(err).__name__}: {err}")
+            print(record["traceback"], flush=True)
+        self.save()
+        return value
+
+    def save(self):
+        self.report["elapsed_s"] = self.elapsed()
+        for name, text in (("gpu_check.json", json.dumps(self.report, indent=2, default=str)),
+                           ("gpu_check.md", markdown_report(self.report))):
+            tmp = self.out / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, self.out / name)
+
+
+def markdown_report(report: dict) -> str:
+    lines = ["# GPU check", ""]
+    machine = report.get("machine", {})
+    if machine:
+        lines += [f"Machine: {machine.get('gpu', 'no GPU')} ({machine.get('gpu_memory_gib', '-')} GiB), "
+                  f"{machine['cpu']} ({machine['cpu_cores']} cores), torch {machine['torch']}, "
+                  f"CUDA {machine.get('cuda', '-')}; load average {machine['load_average']}.", ""]
+    lines += ["| step | status | seconds | note |", "| --- | --- | ---: | --- |"]
+    for name, r in report["steps"].items():
+        note = r.get("reason") or r.get("error") or r.get("note", "")
+        lines.append(f"| {name} | {r.get('status', '?')} | {r.get('seconds', 0):.1f} | {note} |")
+    s = report["steps"]
+    if s.get("plan", {}).get("status") == "ok":
+        p = s["plan"]
+        lines += ["", f"Data: {p['train_videos']} train videos, {p['train_clips']:,} clips "
+                      f"(stretch x{p['stretch']:.3f}), {p['test_videos']} test videos, {p['test_clips']:,} clips; "
+                      f"{p['crops']} crops x {p['dim']}-d."]
+    if s.get("pipeline", {}).get("status") == "ok":
+        p = s["pipeline"]
+        lines += ["", f"## Pipeline ({p['profile']} profile, amp {p['amp']})", "",
+                  f"Peak: {p['peak']}" + (f"; measured matmul {p['measured_matmul_tflops']:.3g} TFLOP/s"
+                                          if p["measured_matmul_tflops"] else "") + ". "
+                  f"Whole run {p['wall_s']:.2f} s, final AUC {p['metrics']['auc']:.4f}; peak memory allocated "
+                  f"{p['peak_gib']:.2f} GiB.", "", pipeline.markdown_table(p["rows"])]
+    if s.get("agreement", {}).get("status") == "ok":
+        a = s["agreement"]
+        lines += ["", "## CUDA against CPU", "", a["note"], "",
+                  "| comparison | labels | uncertainty | selected equal | scores | AUC | within tolerance |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for name, c in a["comparisons"].items():
+            d = c["diffs"]
+            lines.append(f"| {name} | {d['labels']:.2e} | {d.get('uncertainty', float('nan')):.2e} | "
+                         f"{d.get('selected', float('nan')):.4f} | {d['scores']:.2e} | {d.get('auc', float('nan')):.2e} | "
+                         f"{c['ok']} (tolerance {c['tolerance']}) |")
+    if s.get("bank_io", {}).get("status") == "ok":
+        b = s["bank_io"]
+        lines += ["", "## Bank to GPU", "",
+                  f"{b['videos']} videos, {b['gib']:.2f} GiB float16 ({b['file_gib']:.2f} GiB on disk): written in "
+                  f"{b['write_s']:.1f} s; read to {b['device']} after dropping the page cache "
+                  f"({b['dropped']}) in {b['cold_s']:.2f} s ({b['cold_gib_s']:.2f} GiB/s), warm {b['warm_s']:.2f} s. "
+                  f"Extrapolated linearly (not measured) to the whole training split of {b['full_gib']:.1f} GiB: "
+                  f"{b['full_cold_s']:.0f} s cold, {b['full_warm_s']:.0f} s warm."]
+    if s.get("compile", {}).get("status") == "ok":
+        c = s["compile"]
+        lines += ["", "## torch.compile", "", c["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of the videos of each split (evenly spaced)")
+    p.add_argument("--train-clips", type=int, default=REAL_TRAIN_CLIPS,
+                   help="stretch training videos so that the whole training split has about this many "
+                        "clips (0 keeps the plan's lengths)")
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--crops", type=int, default=10)
+    p.add_argument("--profile", default="full", choices=["smoke", "quick", "full"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-batch-size", type=int, default=2**18)
+    p.add_argument("--agree-videos", type=int, default=40)
+    p.add_argument("--agree-test-videos", type=int, default=20)
+    p.add_argument("--agree-steps", type=int, default=300, help="stage-1 steps of the agreement runs")
+    p.add_argument("--agree-epochs", type=int, default=2, help="f_c epochs of the agreement runs")
+    p.add_argument("--io-gb", type=float, default=2.0, help="GB of features to write and read back")
+    p.add_argument("--budget-s", type=float, default=290.0)
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="override a config key of every run, e.g. --set generator.steps 100")
+    p.add_argument("--skip", nargs="*", default=[], choices=STEPS)
+    p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
+    args = p.parse_args(argv)
+    args.overrides = {key: _literal(value) for key, value in args.set}
+
+    check = Check(Path(args.out), args.budget_s, set(args.skip))
+    device = torch.device(args.device)
+    check.log(f"gpu_check: device {device}, scale {args.scale}, profile {args.profile}, out {args.out}")
+    state: dict = {}
+    check.step("plan", lambda r: _plan(args, state, r))
+    check.step("generate", lambda r: _generate(args, state, r, check), needs=("plan",))
+    check.step("warmup", lambda r: _warmup(args, state, r), needs=("generate",))
+    check.step("pipeline", lambda r: _pipeline(args, state, r, check), needs=("generate",))
+    check.step("agreement", lambda r: _agreement(args, state, r, check), needs=("generate",), min_left_s=60)
+    check.step("bank_io", lambda r: _bank_io(args, state, r, check), needs=("generate",), min_left_s=40)
+    check.step("compile", lambda r: _compile(args, state, r), needs=("generate",), min_left_s=120)
+    failed = [n for n, r in check.report["steps"].items() if r["status"] == "failed"]
+    check.log(f"done in {check.elapsed():.1f} s; report in {args.out}/gpu_check.md"
+              + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _plan(args, state, record):
+    from cupl.data import synth
+    from cupl.data.ucf import UCF_CLASSES
+
+    plans = list(synth.video_plan("ucf", "full", args.seed))
+    train = [q for q in plans if q.split == "train"]
+    test = [q for q in plans if q.split == "test"]
+    plan_clips = sum(q.num_clips for q in train)
+    factor = args.train_clips / plan_clips if args.train_clips else 1.0
+    train = [train[i] for i in evenly_spaced(round(args.scale * len(train)), len(train))]
+    test = [test[i] for i in evenly_spaced(round(args.scale * len(test)), len(test))]
+    state["train_videos"], state["test_videos"] = stretch(train, factor), stretch(test, 1.0)
+    state["classes"] = {c: i for i, c in enumerate(UCF_CLASSES)}
+    clips = lambda vs: sum(-(-v["num_frames"] // FRAMES_PER_CLIP) for v in vs)
+    record.update(train_videos=len(train), test_videos=len(test), plan_train_clips=plan_clips, stretch=factor,
+                  train_clips=clips(state["train_videos"]), test_clips=clips(state["test_videos"]),
+                  crops=args.crops, dim=args.dim)
+
+
+def _generate(args, state, record, check):
+    from cupl.data.synth import PREMISES
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    common = dict(num_classes=len(state["classes"]), class_index=state["classes"], dim=args.dim,
+                  crops=args.crops, device=device, premises=PREMISES, dtype=dtype)
+    for split, seed in (("train", args.seed), ("test", args.seed + 1)):
+        t0 = time.perf_counter()
+        state[split] = build_split(state[f"{split}_videos"], test=split == "test", seed=seed, **common)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        f = state[split].features
+        check.log(f"  {split}: {tuple(f.shape)} {f.dtype} ({f.numel() * f.element_size() / 2**30:.2f} GiB) "
+                  f"in {time.perf_counter() - t0:.1f} s")
+        record[f"{split}_shape"] = list(f.shape)
+        record[f"{split}_gib"] = f.numel() * f.element_size() / 2**30
+    record["dtype"] = str(dtype)
+    if device.type == "cuda":
+        record["cuda_allocated_gib"] = torch.cuda.memory_allocated(device) / 2**30
+    check.report["machine"] = pipeline.machine(device)
+
+
+def _warmup(args, state, record):
+    from cupl.config import make_config
+    from cupl.train import run
+
+    train, test = state["train"], state["test"]
+    tr = train.subset(evenly_spaced(min(16, train.num_videos), train.num_videos))
+    te = test.subset(evenly_spaced(min(10, test.num_videos), test.num_videos))
+    device = torch.device(args.device)
+    config = make_config("ucf", "smoke", device=str(device), amp=device.type == "cuda", seed=args.seed)
+    result = run(config, tr, te, progress=False)
+    record["note"] = f"smoke run on {tr.num_videos} + {te.num_videos} videos, AUC {result.metrics['auc']:.3f}"
+
+
+def _pipeline(args, state, record, check):
+    from cupl.config import make_config
+
+    device = torch.device(args.device)
+    amp = device.type == "cuda"
+    config = make_config("ucf", args.profile, **{"device": str(device), "amp": amp, "seed": args.seed,
+                                                 "eval_batch_size": args.eval_batch_size, **args.overrides})
+    peak, what, measured = pipeline.reference_peak(device, amp, args.peak_tflops)
+    check.log(f"  peak {what}" + (f"; measured matmul {measured:.3g} TFLOP/s" if measured else ""))
+    out = pipeline.run_pipeline(config, state["train"], state["test"], peak_tflops=peak)
+    state["config"] = config
+    print(pipeline.plain_table(out["rows"]), flush=True)
+    peak_gib = max(out["peak_memory_bytes"].values()) / 2**30 if out["peak_memory_bytes"] else \
+        pipeline.peak_rss_bytes() / 2**30
+    check.log(f"  whole run {out['wall_s']:.2f} s, AUC {out['metrics']['auc']:.4f}, peak memory {peak_gib:.2f} GiB")
+    record.update(profile=args.profile, amp=amp, peak=what, peak_tflops=peak, measured_matmul_tflops=measured,
+                  rows=out["rows"], wall_s=out["wall_s"], metrics=out["metrics"], history=out["history"],
+                  config=out["config"], peak_memory_bytes=out["peak_memory_bytes"], peak_gib=peak_gib,
+                  steps={"stage1": config.generator.steps,
+                         "f_c per iteration": [config.clip.epochs * math.ceil(h["selected"] * args.crops
+                                                                              / config.clip.batch_size)
+                                               for h in out["history"]]})
+
+
+def _agreement(args, state, record, check):
+    """The device against the CPU on a float32 subset (on a CPU-only machine: the CPU path,
+    evaluation in small chunks, against the GPU path, one large chunk)."""
+    from dataclasses import replace
+
+    from cupl.config import make_config
+
+    train, test = state["train"], state["test"]
+    tr = train.subset(evenly_spaced(min(args.agree_videos, train.num_videos), train.num_videos))
+    te = test.subset(evenly_spaced(min(args.agree_test_videos, test.num_videos), test.num_videos))
+    tr = replace(tr, features=tr.features.float().cpu()).to("cpu")
+    te = replace(te, features=te.features.float().cpu()).to("cpu")
+    common = {**args.overrides, "seed": args.seed, "generator.steps": args.agree_steps, "clip.epochs": args.agree_epochs,
+              "clip.batch_size": 4096}
+    cuda = torch.device(args.device).type == "cuda"
+    base = dict(common, device="cpu", eval_batch_size=65536 if cuda else 64)
+    other = dict(common, device=args.device, eval_batch_size=65536 if cuda else 2**20)
+    record["note"] = (f"{tr.num_videos} train videos ({tr.num_clips:,} clips), {te.num_videos} test videos "
+                      f"({te.num_clips:,} clips), {args.crops} crops x {args.dim}-d; profile {args.profile} with "
+                      f"{args.agree_steps} stage-1 steps, {args.agree_epochs} f_c epochs, f_c batch 4096; CPU "
+                      f"float32 against {'CUDA' if cuda else 'the CPU with one evaluation chunk'}, same seed. "
+                      f"Max |difference| over all iterations; selected: share of clips selected alike.")
+    cpu, cpu_s = run_once(tr, te, profile=args.profile, **base)
+    check.log(f"  CPU run {cpu_s:.1f} s, AUC {cpu.metrics['auc']:.4f}")
+    comparisons = {}
+    runs = [("float32 run", dict(other, amp=False))] + ([("bfloat16 run", dict(other, amp=True))] if cuda else [])
+    for name, settings in runs:
+        result, seconds = run_once(tr, te, profile=args.profile, **settings)
+        diffs = compare_runs(cpu, result)
+        tolerance = TOLERANCE["bfloat16" if settings["amp"] else "float32"]
+        comparisons[name] = {"diffs": diffs, "seconds": [cpu_s, seconds], "auc": [cpu.metrics["auc"], result.metrics["auc"]],
+                             "tolerance": tolerance, "ok": within(diffs, tolerance)}
+        check.log(f"  {name}: {seconds:.1f} s, {diffs}")
+    config = make_config("ucf", args.profile, **base)
+    settings = [("cpu", base["eval_batch_size"]), (args.device, other["eval_batch_size"])]
+    diffs = inference_agreement(cpu, tr, te, config, settings)
+    comparisons["inference, same models"] = {"diffs": diffs, "tolerance": TOLERANCE["inference"],
+                                             "ok": within(diffs, TOLERANCE["inference"])}
+    check.log(f"  inference on the same models: {diffs}")
+    record["comparisons"] = comparisons
+    bad = [name for name, c in comparisons.items() if not c["ok"]]
+    if bad:
+        raise AssertionError(f"outside tolerance: {', '.join(bad)} (see the report)")
+
+
+def _bank_io(args, state, record, check):
+    from cupl.data.bank import FeatureBank, VideoData, write_bank
+
+    device = torch.device(args.device)
+    train = state["train"]
+    per_clip = args.crops * args.dim * 2  # float16 bytes
+    offsets = train.offsets.cpu().tolist()
+    count, total = 0, 0
+    while count < train.num_videos and (total < args.io_gb * 1e9 or count < 2):
+        total += (offsets[count + 1] - offsets[count]) * per_clip
+        count += 1
+    videos = [VideoData(name=train.names[i], split="train", label=int(train.labels[i]), category=train.categories[i],
+                        num_frames=int(train.num_frames[i]),
+                        features={"rgb": train.features[offsets[i]:offsets[i + 1]].to(torch.float16).cpu().numpy()})
+              for i in range(count)]
+    attrs = dict(source="gpu_check", feature_kind="synthetic", frames_per_clip=FRAMES_PER_CLIP,
+                 crops=args.crops, modalities=["rgb"])
+    folder = Path(tempfile.mkdtemp(prefix="gpu_check_bank_", dir=os.environ.get("TMPDIR")))
+    path = folder / "bank.h5"
+    try:
+        t0 = time.perf_counter()
+        write_bank(path, videos, attrs=attrs, progress=False)
+        write_s = time.perf_counter() - t0
+        del videos
+        dropped = drop_from_page_cache(path)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+        def read():
+            t = time.perf_counter()
+            with FeatureBank.open(path) as bank:
+                split = bank.load_split("train", dtype=dtype, device=device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - t, split
+
+        cold_s, split = read()
+        del split
+        warm_s, split = read()
+        gib = total / 2**30
+        full_gib = state["train"].num_clips * per_clip / 2**30
+        record.update(videos=count, gib=gib, file_gib=path.stat().st_size / 2**30, write_s=write_s,
+                      dropped="page cache dropped" if dropped else "page cache NOT dropped",
+                      device=str(device), cold_s=cold_s, warm_s=warm_s, cold_gib_s=gib / cold_s,
+                      warm_gib_s=gib / warm_s, full_gib=full_gib, full_cold_s=cold_s * full_gib / gib,
+                      full_warm_s=warm_s * full_gib / gib,
+                      note="the whole-split times are a linear extrapolation, not a measurement")
+        check.log(f"  {gib:.2f} GiB: write {write_s:.1f} s, cold read {cold_s:.2f} s, warm {warm_s:.2f} s; "
+                  f"whole split {full_gib:.1f} GiB extrapolated: {record['full_cold_s']:.0f} s cold")
+    finally:
+        path.unlink(missing_ok=True)
+        folder.rmdir()
+
+
+def _compile(args, state, record):
+    """f_c epochs on the training split with random labels and a half selected: eager against
+    a torch.compile'd f_c (its first epoch includes the compilation)."""
+    from cupl.config import make_config
+    from cupl.models import ClipClassifier
+    from cupl.train import train_clip_classifier
+
+    device = torch.device(args.device)
+    train = state["train"]
+    config = state.get("config") or make_config("ucf", args.profile, device=str(device))
+    g = torch.Generator().manual_seed(args.seed)
+    labels = torch.rand(train.num_clips, generator=g).to(device)
+    selected = (torch.rand(train.num_clips, generator=g) < config.self_train.ratio).to(device)
+    cfg = type(config.clip)(**{**config.clip.__dict__, "epochs": 1})
+    compiled = ClipClassifier(2 * args.dim, cfg.hidden, cfg.dropout, cfg.two_way).to(device)
+    compiled.regressor = torch.compile(compiled.regressor)
+    times = {}
+    for name, model in (("eager", None), ("compiled, first epoch", compiled), ("compiled", compiled)):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        train_clip_classifier(train, labels, selected, cfg, config.self_train.window,
+                              generator=torch.Generator().manual_seed(0), model=model, amp=device.type == "cuda")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times[name] = time.perf_counter() - t0
+    record.update(seconds_per_epoch=times,
+                  note=(f"one f_c epoch (batch {cfg.batch_size}): eager {times['eager']:.3f} s, compiled "
+                        f"{times['compiled']:.3f} s (first compiled epoch, with compilation: "
+                        f"{times['compiled, first epoch']:.1f} s)"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

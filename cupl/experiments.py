@@ -4,7 +4,8 @@ Every training result is reported over several seeds as mean ± spread, from the
 model of each run (never the best iteration on the test set). Runs that differ only in
 stage 2 share one stage-1 model f_g per seed: in memory within a `Data`, and on disk between
 notebooks when `Data.stage1_cache` names a folder (keyed by the bank's digest, the `cupl`
-sources, the torch version and every setting stage 1 reads).
+sources, the torch version and every setting stage 1 reads). A run repeated with the same
+configuration and `Data` (the default point of one sweep is a point of the next) is made once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cupl.config import RunConfig, make_config
+from cupl.config import RunConfig, make_config, to_dict
 from cupl.data.split import Split
 from cupl.train import RunResult, run
 
@@ -62,6 +63,7 @@ class Data:
     oracle: torch.Tensor | None
     generators: dict = field(default_factory=dict)  # stage-1 models shared by runs that differ only later
     stage1_cache: Path | None = None  # folder of stage-1 models shared between processes; None: memory only
+    runs: dict = field(default_factory=dict)  # whole runs by configuration: a sweep's default point is another's
 
     @cached_property
     def digest(self) -> str:
@@ -166,17 +168,27 @@ def run_seeds(data: Data, seeds, *, preset: str | None = None, profile: str = "q
     preset = preset or data.preset
     rows, history, results = [], [], []
     for seed in _bar(seeds, progress, desc=f"{variant} seeds"):
-        config = make_config(preset, profile, variant, seed=seed, **overrides)
-        key = stage1_key(config)
-        result = run(config, data.train, data.test, oracle=data.oracle, progress=False, keep_arrays=keep,
-                     generator_model=_load_stage1(data, key, config))
-        _store_stage1(data, key, result.generator)
+        result = _run_once(data, make_config(preset, profile, variant, seed=seed, **overrides), keep)
         rows.append({"seed": seed, **result.metrics, "seconds": sum(result.timings.values())})
         history += [{"seed": seed, **h} for h in result.history]
         if keep:
             results.append(result)
     out = (pd.DataFrame(rows), pd.DataFrame(history))
     return (*out, results) if keep else out
+
+
+def _run_once(data: Data, config: RunConfig, keep: bool) -> RunResult:
+    """`train.run` of `config`, or the same run made earlier with this `data`."""
+    run_key = json.dumps(to_dict(config), sort_keys=True)
+    done = data.runs.get(run_key)
+    if done is not None and (done.arrays or not keep):
+        return done
+    key = stage1_key(config)
+    result = run(config, data.train, data.test, oracle=data.oracle, progress=False, keep_arrays=keep,
+                 generator_model=_load_stage1(data, key, config))
+    _store_stage1(data, key, result.generator)
+    data.runs[run_key] = result
+    return result
 
 
 def grid(data: Data, name: str, values, seeds, *, key: str | None = None, variant: str = "full",

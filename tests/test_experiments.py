@@ -136,6 +136,16 @@ def test_run_seeds_shapes_and_grid_rows(bank):
     assert list(frame["R"]) == [0.3, 0.6] and list(frame["seed"]) == [0, 0]
 
 
+def test_a_repeated_configuration_is_run_once(bank):
+    data = ex.load_data(bank, stage1_cache=None)
+    _, _, (first,) = ex.run_seeds(data, [0], profile="smoke", **TINY, keep=True)
+    # the default R = 0.5, named explicitly, is the same configuration
+    _, _, (again,) = ex.run_seeds(data, [0], profile="smoke", keep=True, **TINY, **{"self_train.ratio": 0.5})
+    assert again is first
+    _, _, (other,) = ex.run_seeds(data, [0], profile="smoke", keep=True, **TINY, **{"self_train.ratio": 0.4})
+    assert other is not first and other.generator is first.generator  # stage 1 shared
+
+
 # ---------------------------------------------------------------- summaries and verdicts
 
 

@@ -1,11 +1,12 @@
 """Paper scale on one GPU, checked in one short run: build, run, compare, load, report.
 
 One command on a GPU machine (16 CPU cores, 128 GB RAM, one H100/H200) that finishes in
-about 3 minutes and at most `--budget-s` (default 290 s) of steps; every line it prints
-starts with the clock and the seconds since start, so a run cut short still shows where it
-was. Each step is guarded: a failing step is reported with its traceback and the others
-still run. Results go to gpu_check.json and gpu_check.md in $OUT (else ./gpu_check_out/),
-rewritten after every step.
+about 3 minutes and within `--budget-s` (default 290 s): a step still running when the
+budget ends is interrupted and reported, the steps after it are skipped. Every line it
+prints starts with the clock and the seconds since start, so a run cut short from outside
+still shows where it was. Each step is guarded: a failing step is reported with its
+traceback and the others still run. Results go to gpu_check.json and gpu_check.md in $OUT
+(else ./gpu_check_out/), rewritten after every step.
 
 Steps:
 
@@ -44,10 +45,12 @@ Steps:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -267,6 +270,29 @@ def drop_from_page_cache(path: Path) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
+class BudgetExceeded(Exception):
+    """A step ran past the end of the time budget."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Interrupt the enclosed code with BudgetExceeded after `seconds` (where SIGALRM exists)."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise BudgetExceeded(f"the time budget ran out after {seconds:.0f} s of this step")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class Check:
     """Runs the steps in order under a time budget and keeps the report up to date on disk."""
 
@@ -287,7 +313,8 @@ class Check:
         missing = [n for n in needs if self.report["steps"].get(n, {}).get("status") != "ok"]
         left = self.budget_s - self.elapsed()
         reason = ("--skip" if name in self.skip else f"needs {', '.join(missing)}" if missing
-                  else f"{left:.0f} s of the budget left, needs {min_left_s:.0f} s" if left < min_left_s else None)
+                  else f"{left:.0f} s of the budget left, needs {min_left_s:.0f} s"
+                  if left < max(min_left_s, 1.0) else None)
         if reason:
             record.update(status="skipped", reason=reason)
             self.log(f"{name}: skipped ({reason})")
@@ -296,7 +323,8 @@ class Check:
         self.log(f"{name}: start")
         t0 = time.perf_counter()
         try:
-            value = fn(record)
+            with _deadline(left):
+                value = fn(record)
             record.update(status="ok", seconds=time.perf_counter() - t0)
             self.log(f"{name}: ok in {record['seconds']:.1f} s")
         except Exception as err:  # every step is guarded; the report names what failed

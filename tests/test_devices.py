@@ -314,3 +314,16 @@ def test_gpu_check_reports_a_failing_step_and_goes_on(gpu_check, tmp_path, monke
     assert steps["bank_io"]["status"] == "failed" and "planted failure" in steps["bank_io"]["error"]
     assert steps["compile"]["status"] == "skipped" and steps["generate"]["status"] == "ok"
     assert "bank_io: FAILED: RuntimeError: planted failure" in capsys.readouterr().out
+
+
+def test_gpu_check_stops_at_the_end_of_its_budget(gpu_check, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(gpu_check, "_generate", lambda *args: time.sleep(60))
+    start = time.perf_counter()
+    code = gpu_check.main(["--device", "cpu", "--scale", "0.01", "--budget-s", "6", "--out", str(tmp_path)])
+    steps = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
+    assert code == 1 and time.perf_counter() - start < 30
+    assert steps["plan"]["status"] == "ok"
+    assert steps["generate"]["status"] == "failed" and "budget" in steps["generate"]["error"]
+    assert all(steps[name]["status"] == "skipped" for name in gpu_check.STEPS[2:])

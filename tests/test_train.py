@@ -8,7 +8,7 @@ import torch
 
 from cupl.config import make_config
 from cupl.evaluate import evaluate_scores
-from cupl.mining import context_features, reliable_indices
+from cupl.mining import context_features, reliable_indices, temporal_context
 from cupl.models import ClipClassifier, MultiHeadClassifier
 from cupl.train import pseudo_labels, run, score_clips, select_reliable
 from cupl.uncertainty import mc_dropout
@@ -142,7 +142,7 @@ def test_selection_modes(data):
     assert _counts(random, train) == _counts(ours, train)
     assert not torch.equal(random, ours)
     assert bool(everything.all())
-    for v, (a, b) in enumerate(zip(train.offsets[:-1].tolist(), train.offsets[1:].tolist())):
+    for a, b in zip(train.offsets[:-1].tolist(), train.offsets[1:].tolist()):
         chosen = torch.nonzero(ours[a:b]).flatten()
         assert torch.equal(chosen, reliable_indices(unc[a:b], 0.5))
     again = select_reliable(unc, train, replace(st, selection="random"), torch.Generator().manual_seed(1))
@@ -211,8 +211,6 @@ def test_score_clips_by_video_equals_split(data):
     torch.manual_seed(0)
     f_c = ClipClassifier(32, hidden=(16, 4)).eval()
     scores = score_clips(f_c, test, 5, batch_size=64)
-    from cupl.mining import temporal_context
-
     for v in (0, 9, test.num_videos - 1):
         a, b = int(test.offsets[v]), int(test.offsets[v + 1])
         with torch.no_grad():

@@ -29,7 +29,7 @@ those of the complete bank.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -163,7 +163,7 @@ class VideoPlan:
     label: int
     category: str
     num_frames: int
-    events: tuple[tuple[int, int], ...] = field(default=())
+    events: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_clips(self) -> int:
@@ -414,9 +414,19 @@ def _rgb(rng, z: np.ndarray, crops: int, world: _World, chunk=1024) -> np.ndarra
     zc = (z[:, None, :] + rng.normal(0.0, PREMISES.crop_noise_std, (T, crops, L))).astype(np.float32)
     out = np.empty((T, crops, world.lift.shape[1]), dtype=np.float32)
     for t0 in range(0, T, chunk):   # bounds the temporaries of long videos
-        h = zc[t0:t0 + chunk] @ world.lift - world.threshold
-        out[t0:t0 + chunk] = world.gain * np.logaddexp(np.float32(0.0), h)
+        h = zc[t0:t0 + chunk].reshape(-1, L) @ world.lift - world.threshold
+        out[t0:t0 + chunk] = (world.gain * _softplus(h)).reshape(-1, crops, h.shape[-1])
     return out
+
+
+def _softplus(h: np.ndarray) -> np.ndarray:
+    """log(1 + exp(h)) in place, exact to float32 for any h (np.logaddexp is ~20x slower)."""
+    beyond = np.maximum(h - 30.0, 0.0)
+    np.minimum(h, 30.0, out=h)
+    np.exp(h, out=h)
+    np.log1p(h, out=h)
+    h += beyond
+    return h
 
 
 def _audio(rng, z: np.ndarray, event_strength: np.ndarray, world: _World, class_index: int) -> np.ndarray:

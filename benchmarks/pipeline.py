@@ -224,6 +224,55 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- f_c's first layer
+
+
+def first_layer_paths(model, split, window: int, batch_size: int, amp: bool, repeats: int = 3) -> dict:
+    """f_c's first layer over a whole split, the two ways, best of `repeats` each.
+
+    built:     temporal inputs [b, C, 2D] built per chunk (`context_features`), then W1;
+    projected: the path `cupl.train` takes (its `_first_layer`): W_a c_t + window mean of W_b c.
+    returns seconds of each and max |difference| of the ReLU outputs.
+    """
+    from cupl.mining import context_features
+    from cupl.train import _autocast, _first_layer
+
+    device = split.features.device
+    rows_per_chunk = max(1, batch_size // split.features.shape[1])
+
+    def built():
+        starts = split.starts
+        for rows in torch.arange(split.num_clips, device=device).split(rows_per_chunk):
+            x = context_features(split.features, starts, rows, window)
+            with _autocast(device, amp):
+                yield model.hidden1(x.flatten(0, 1))
+
+    def projected():
+        for _, _, h in _first_layer(model, split, window, batch_size, amp):
+            yield h
+
+    def timed(chunks) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for h in chunks():
+            del h
+        _sync(device)
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(built(), projected()))
+        times = {"built": [], "projected": []}
+        for _ in range(repeats):
+            times["built"].append(timed(built))
+            times["projected"].append(timed(projected))
+    return {"built_s": min(times["built"]), "projected_s": min(times["projected"]), "max_abs_diff": diff}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -297,12 +346,14 @@ def main(argv=None) -> int:
     read_s = time.perf_counter() - start
     peak, peak_what, measured = reference_peak(device, amp, args.peak_tflops)
     out = run_pipeline(config, train, test, peak_tflops=peak, progress=args.progress)
+    f_c = out["result"].classifier.to(device)
+    paths = first_layer_paths(f_c, train, config.self_train.window, config.eval_batch_size, amp)
     info = machine(device)
     info["load_average_before"] = [round(x, 2) for x in load_before]
     report = {
         "machine": info, "bank": str(bank), "profile": args.profile, "preset": args.preset, "amp": amp,
         "sizes": sizes(train, test), "read_bank_s": read_s, "peak_tflops": peak, "peak": peak_what,
-        "measured_matmul_tflops": measured, "peak_rss_bytes": peak_rss_bytes(),
+        "measured_matmul_tflops": measured, "peak_rss_bytes": peak_rss_bytes(), "fc_first_layer": paths,
         **{k: v for k, v in out.items() if k != "result"},
     }
     print(describe(report))
@@ -333,6 +384,11 @@ def footer(report: dict) -> str:
     lines = [f"bank read (load_split): {report['read_bank_s']:.2f} s; whole run() {report['wall_s']:.2f} s; "
              f"final AUC {metrics['auc']:.4f}, AP {metrics['ap']:.4f}",
              f"peak resident memory of the process: {report['peak_rss_bytes'] / 2**30:.2f} GiB"]
+    paths = report.get("fc_first_layer")
+    if paths:
+        lines.append(f"f_c's first layer over the train split (as in MC-Dropout): temporal inputs built "
+                     f"{paths['built_s']:.3f} s, clips projected once {paths['projected_s']:.3f} s "
+                     f"({paths['built_s'] / paths['projected_s']:.2f}x), max |difference| {paths['max_abs_diff']:.1e}")
     if report["peak_memory_bytes"]:
         lines.append(f"peak CUDA memory allocated: {max(report['peak_memory_bytes'].values()) / 2**30:.2f} GiB")
     return "\n".join(lines)

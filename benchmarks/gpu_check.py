@@ -369,6 +369,11 @@ def markdown_report(report: dict) -> str:
                                           if p["measured_matmul_tflops"] else "") + ". "
                   f"Whole run {p['wall_s']:.2f} s, final AUC {p['metrics']['auc']:.4f}; peak memory allocated "
                   f"{p['peak_gib']:.2f} GiB.", "", pipeline.markdown_table(p["rows"])]
+        paths = p.get("fc_first_layer") or {}
+        if "built_s" in paths:
+            lines += ["", f"f_c's first layer over the training split (the MC-Dropout pass): temporal inputs built "
+                          f"{paths['built_s']:.3f} s, clips projected once {paths['projected_s']:.3f} s, max "
+                          f"|difference| {paths['max_abs_diff']:.1e}."]
     if s.get("agreement", {}).get("status") == "ok":
         a = s["agreement"]
         lines += ["", "## CUDA against CPU", "", a["note"], "",
@@ -518,10 +523,27 @@ def _pipeline(args, state, record, check):
     record.update(profile=args.profile, amp=amp, peak=what, peak_tflops=peak, measured_matmul_tflops=measured,
                   rows=out["rows"], wall_s=out["wall_s"], metrics=out["metrics"], history=out["history"],
                   config=out["config"], peak_memory_bytes=out["peak_memory_bytes"], peak_gib=peak_gib,
+                  fc_first_layer=_first_layer_paths(out["result"], state["train"], config, check),
                   steps={"stage1": config.generator.steps,
                          "f_c per iteration": [config.clip.epochs * math.ceil(h["selected"] * args.crops
                                                                               / config.clip.batch_size)
                                                for h in out["history"]]})
+
+
+def _first_layer_paths(result, train, config, check) -> dict | None:
+    """f_c's first layer over the training split, temporal inputs built against clips projected once."""
+    try:
+        f_c = result.classifier.to(train.features.device)
+        paths = pipeline.first_layer_paths(f_c, train, config.self_train.window, config.eval_batch_size,
+                                           config.amp, repeats=2)
+    except Exception as err:  # a side measurement: its failure must not fail the pipeline step
+        check.log(f"  f_c first layer paths: FAILED: {type(err).__name__}: {err}")
+        return {"error": f"{type(err).__name__}: {err}"}
+    finally:
+        result.classifier.cpu()
+    check.log(f"  f_c first layer over the split: built {paths['built_s']:.3f} s, projected {paths['projected_s']:.3f} s, "
+              f"max |difference| {paths['max_abs_diff']:.1e}")
+    return paths
 
 
 def _agreement(args, state, record, check):

@@ -268,10 +268,27 @@ def best_setting(frame: pd.DataFrame, by: str, metric: str = "auc", scale: float
     best = s["mean"].idxmax()
     spread = np.hypot(s["std"].fillna(np.inf), s.loc[best, "std"])
     close = [v for v in s.index if v != best and s.loc[best, "mean"] - s.loc[v, "mean"] <= spread[v]]
-    head = f"{by} = {best} gives the highest mean, {s.loc[best, 'mean']:.{digits}f} ± {s.loc[best, 'std']:.{digits}f}"
+    head = (f"{by} = {best} gives the highest mean {metric.upper()}, "
+            f"{s.loc[best, 'mean']:.{digits}f} ± {s.loc[best, 'std']:.{digits}f}")
     if not close:
         return f"{head}; every other value is lower by more than one standard deviation"
     return f"{head}; {', '.join(f'{by} = {v}' for v in close)} within one standard deviation of it"
+
+
+def paper_table(preset: str, ours: str | None = None, label: str = "cupl, this bank") -> pd.DataFrame:
+    """Table 1, 2 or 3 of the paper (`cupl.paper.TABLES`), its numbers in a column labelled as the
+    paper's, and `ours` (e.g. a `mean_pm` string) beside the paper's own I3D row in a column `label`."""
+    from cupl import paper
+
+    if preset not in paper.TABLES:
+        raise ValueError(f"paper_table: no table for preset {preset!r}; choose from {sorted(paper.TABLES)}")
+    table = pd.DataFrame(paper.TABLES[preset])
+    metric = table.columns[-1]
+    table = table.rename(columns={metric: f"{metric.upper()} (%), the paper's"})
+    table[label] = ""
+    own = table["method"].str.contains("this method") & (table["feature"] == "I3D")
+    table.loc[own, label] = "not run" if ours is None else ours
+    return table.set_index(["supervision", "method", "feature"])
 
 
 def example_videos(split) -> dict[str, int]:
@@ -310,4 +327,4 @@ def _bar(iterable, progress: bool, **kw):
 
 
 __all__ = ["Data", "load_data", "resolve_bank", "stage1_key", "run_seeds", "grid", "summarize", "mean_pm", "gain",
-           "paper_verdict", "best_setting", "example_videos", "RunConfig", "RunResult"]
+           "paper_verdict", "best_setting", "paper_table", "example_videos", "RunConfig", "RunResult"]

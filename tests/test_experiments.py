@@ -188,9 +188,23 @@ def test_best_setting_names_the_values_within_one_std():
                        seeds([0.70, 0.70, 0.70], K=3)])
     # best K=2: 84 ± 1; K=1: 82 ± 2 is 2 below, spread sqrt(5) = 2.24; K=3 is 14 below
     assert ex.best_setting(frame, "K") == (
-        "K = 2 gives the highest mean, 84.00 ± 1.00; K = 1 within one standard deviation of it")
+        "K = 2 gives the highest mean AUC, 84.00 ± 1.00; K = 1 within one standard deviation of it")
     clear = pd.concat([seeds([0.83, 0.84, 0.85], K=2), seeds([0.70, 0.70, 0.70], K=3)])
     assert ex.best_setting(clear, "K").endswith("every other value is lower by more than one standard deviation")
+
+
+def test_paper_table_puts_ours_beside_the_papers_own_i3d_row():
+    table = ex.paper_table("xd", "70.00 ± 1.00 (n=3)")
+    assert list(table.columns) == ["AP (%), the paper's", "cupl, this bank"]
+    assert len(table) == 11
+    filled = table[table["cupl, this bank"] != ""]
+    assert list(filled.index) == [("weak", "Zhang et al. 2023 (this method)", "I3D")]
+    assert filled.iloc[0].tolist() == [78.74, "70.00 ± 1.00 (n=3)"]
+    ucf = ex.paper_table("ucf")
+    assert ucf.loc[("weak", "MSL [12]", "I3D"), "AUC (%), the paper's"] == 85.30
+    assert ucf.loc[("weak", "Zhang et al. 2023 (this method)", "I3D"), "cupl, this bank"] == "not run"
+    with pytest.raises(ValueError, match="'shanghai'"):
+        ex.paper_table("shanghai")
 
 
 # ---------------------------------------------------------------- example videos
@@ -224,3 +238,14 @@ def test_example_videos_needs_frame_labels_and_both_kinds():
     no_labels = Split(split.features, split.offsets, split.labels, split.names, split.categories, split.num_frames)
     with pytest.raises(ValueError, match="frame labels"):
         ex.example_videos(no_labels)
+
+
+def test_iteration_j_of_a_run_is_the_final_model_of_a_run_with_j_iterations(bank):
+    # chapter 9 reads the j axis from the history of one set of runs
+    data = ex.load_data(bank, stage1_cache=None)
+    _, longer = ex.run_seeds(data, [0], profile="smoke", **{**TINY, "self_train.iterations": 3})
+    for j in (1, 2):
+        runs, _ = ex.run_seeds(data, [0], profile="smoke", **{**TINY, "self_train.iterations": j})
+        row = longer[longer["iteration"] == j].iloc[0]
+        for metric in ("auc", "ap", "pr_auc", "label_auc"):
+            assert runs[metric].iloc[0] == row[metric]

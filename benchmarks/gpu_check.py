@@ -27,10 +27,11 @@ Steps:
              per-stage table of `benchmarks/pipeline.py` (FLOP, TFLOP/s, floor, peak
              memory per stage).
   agreement  CUDA against the CPU on a subset (`--agree-videos` train and
-             `--agree-test-videos` test videos, same seed, float32, fewer steps): the
-             pseudo labels, uncertainty and selection of every iteration and the final test
-             scores, within the tolerances in TOLERANCE; also the same trained models
-             applied on both devices (inference alone). A bfloat16 run is compared too.
+             `--agree-test-videos` test videos, same seed, float32, fewer steps, no
+             dropout in training, whose draws are each device's own): the pseudo labels,
+             uncertainty and selection of every iteration and the final test scores, within
+             TOLERANCE; also the same trained models applied on both devices (inference
+             alone). A bfloat16 run is reported against the same CPU run.
   bank_io    about `--io-gb` of training videos written with `cupl.data.bank.write_bank`,
              dropped from the page cache, then read to the GPU with `FeatureBank.load_split`;
              the time for the whole training split is extrapolated linearly from it.
@@ -66,14 +67,18 @@ STEPS = ("plan", "generate", "warmup", "pipeline", "agreement", "bank_io", "comp
 FRAMES_PER_CLIP = 16
 FPS = 30.0
 REAL_TRAIN_CLIPS = 780_000
-# max |difference| allowed between two runs of the same subset and seed (agreement step):
-# inference alone on the same models; whole float32 runs, where each device trains its own
-# models and rounding differences grow through training; and bfloat16 against float32.
+# Agreement step: max |difference| allowed between the CPU and the device, fixed before any
+# run. "inference": the same trained f_g and f_c applied on both (MC-Dropout masks come from
+# the CPU generator on both). "float32": whole runs of the same subset and seed without
+# dropout in training, whose draws (training-time dropout) are each device's own; every
+# other draw comes from the CPU generator, so only float rounding differs, grown through
+# training. "selected" is the least share of clips selected alike. bfloat16 runs are
+# reported against the float32 CPU run without a tolerance.
 TOLERANCE = {
     "inference": {"labels": 1e-4, "scores": 1e-4},
-    "float32": {"labels": 1e-2, "scores": 2e-2, "auc": 5e-3, "selected": 0.98},
-    "bfloat16": {"labels": 5e-2, "scores": 1e-1, "auc": 2e-2, "selected": 0.90},
+    "float32": {"labels": 1e-3, "scores": 1e-3, "auc": 1e-3, "selected": 0.999},
 }
+NO_TRAINING_DROPOUT = {"generator.dropout": 0.0, "clip.dropout": 0.0}
 
 
 # --------------------------------------------------------------------------- the data
@@ -219,9 +224,12 @@ def within(diffs: dict, tolerance: dict) -> bool:
     return all(diffs[k] >= v if k == "selected" else diffs[k] <= v for k, v in tolerance.items())
 
 
-def inference_agreement(result, train, test, config, settings) -> dict:
-    """The same trained f_g and f_c applied under two (device, eval_batch_size) settings:
-    max |difference| of pseudo labels (of f_g and of f_c) and of test scores, float32."""
+def inference_agreement(f_g, f_c, train, test, config, settings) -> dict:
+    """The same f_g and f_c applied under two (device, eval_batch_size) settings: max
+    |difference| of MC-Dropout pseudo labels (of f_g and of f_c, M passes at the models'
+    dropout rates) and of test scores, float32."""
+    import copy
+
     from cupl.train import prepare_split, pseudo_labels, score_clips
 
     outs = []
@@ -229,13 +237,12 @@ def inference_agreement(result, train, test, config, settings) -> dict:
     for device, batch in settings:
         tr = prepare_split(train, config.crops, device)
         te = prepare_split(test, config.crops, device)
-        f_g, f_c = result.generator.to(device), result.classifier.to(device)
-        labels_g = pseudo_labels(f_g, tr, config.generator.mc_passes, generator=torch.Generator().manual_seed(1),
+        g, c = copy.deepcopy(f_g).to(device), copy.deepcopy(f_c).to(device)
+        labels_g = pseudo_labels(g, tr, config.generator.mc_passes, generator=torch.Generator().manual_seed(1),
                                  batch_size=batch)[0]
-        labels_c = pseudo_labels(f_c, tr, config.clip.mc_passes, window=w,
+        labels_c = pseudo_labels(c, tr, config.clip.mc_passes, window=w,
                                  generator=torch.Generator().manual_seed(2), batch_size=batch)[0]
-        outs.append((labels_g.cpu(), labels_c.cpu(), score_clips(f_c, te, w, batch_size=batch).cpu()))
-    result.generator.cpu(), result.classifier.cpu()
+        outs.append((labels_g.cpu(), labels_c.cpu(), score_clips(c, te, w, batch_size=batch).cpu()))
     (ga, ca, sa), (gb, cb, sb) = outs
     return {"labels": max(float((ga - gb).abs().max()), float((ca - cb).abs().max())),
             "scores": float((sa - sb).abs().max())}
@@ -374,16 +381,17 @@ def markdown_report(report: dict) -> str:
             lines += ["", f"f_c's first layer over the training split (the MC-Dropout pass): temporal inputs built "
                           f"{paths['built_s']:.3f} s, clips projected once {paths['projected_s']:.3f} s, max "
                           f"|difference| {paths['max_abs_diff']:.1e}."]
-    if s.get("agreement", {}).get("status") == "ok":
+    if s.get("agreement", {}).get("comparisons"):  # shown when outside tolerance too
         a = s["agreement"]
         lines += ["", "## CUDA against CPU", "", a["note"], "",
                   "| comparison | labels | uncertainty | selected equal | scores | AUC | within tolerance |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for name, c in a["comparisons"].items():
             d = c["diffs"]
+            verdict = "reported only" if c["ok"] is None else f"{c['ok']} (tolerance {c['tolerance']})"
             lines.append(f"| {name} | {d['labels']:.2e} | {d.get('uncertainty', float('nan')):.2e} | "
                          f"{d.get('selected', float('nan')):.4f} | {d['scores']:.2e} | {d.get('auc', float('nan')):.2e} | "
-                         f"{c['ok']} (tolerance {c['tolerance']}) |")
+                         f"{verdict} |")
     if s.get("bank_io", {}).get("status") == "ok":
         b = s["bank_io"]
         lines += ["", "## Bank to GPU", "",
@@ -549,6 +557,7 @@ def _first_layer_paths(result, train, config, check) -> dict | None:
 def _agreement(args, state, record, check):
     """The device against the CPU on a float32 subset (on a CPU-only machine: the CPU path,
     evaluation in small chunks, against the GPU path, one large chunk)."""
+    import copy
     from dataclasses import replace
 
     from cupl.config import make_config
@@ -558,16 +567,18 @@ def _agreement(args, state, record, check):
     te = test.subset(evenly_spaced(min(args.agree_test_videos, test.num_videos), test.num_videos))
     tr = replace(tr, features=tr.features.float().cpu()).to("cpu")
     te = replace(te, features=te.features.float().cpu()).to("cpu")
-    common = {**args.overrides, "seed": args.seed, "generator.steps": args.agree_steps, "clip.epochs": args.agree_epochs,
-              "clip.batch_size": 4096}
+    common = {**args.overrides, "seed": args.seed, "generator.steps": args.agree_steps,
+              "clip.epochs": args.agree_epochs, "clip.batch_size": 4096, **NO_TRAINING_DROPOUT}
     cuda = torch.device(args.device).type == "cuda"
     base = dict(common, device="cpu", eval_batch_size=65536 if cuda else 64)
     other = dict(common, device=args.device, eval_batch_size=65536 if cuda else 2**20)
     record["note"] = (f"{tr.num_videos} train videos ({tr.num_clips:,} clips), {te.num_videos} test videos "
                       f"({te.num_clips:,} clips), {args.crops} crops x {args.dim}-d; profile {args.profile} with "
-                      f"{args.agree_steps} stage-1 steps, {args.agree_epochs} f_c epochs, f_c batch 4096; CPU "
-                      f"float32 against {'CUDA' if cuda else 'the CPU with one evaluation chunk'}, same seed. "
-                      f"Max |difference| over all iterations; selected: share of clips selected alike.")
+                      f"{args.agree_steps} stage-1 steps, {args.agree_epochs} f_c epochs, f_c batch 4096, no "
+                      f"dropout in training; CPU float32 against "
+                      f"{'CUDA' if cuda else 'the CPU with one evaluation chunk'}, same seed. Max |difference| over "
+                      f"all iterations; selected: share of clips selected alike. Inference: the CPU run's trained "
+                      f"models with the paper's dropout rates for MC-Dropout, applied on both.")
     cpu, cpu_s = run_once(tr, te, profile=args.profile, **base)
     check.log(f"  CPU run {cpu_s:.1f} s, AUC {cpu.metrics['auc']:.4f}")
     comparisons = {}
@@ -575,18 +586,21 @@ def _agreement(args, state, record, check):
     for name, settings in runs:
         result, seconds = run_once(tr, te, profile=args.profile, **settings)
         diffs = compare_runs(cpu, result)
-        tolerance = TOLERANCE["bfloat16" if settings["amp"] else "float32"]
-        comparisons[name] = {"diffs": diffs, "seconds": [cpu_s, seconds], "auc": [cpu.metrics["auc"], result.metrics["auc"]],
-                             "tolerance": tolerance, "ok": within(diffs, tolerance)}
+        tolerance = None if settings["amp"] else TOLERANCE["float32"]
+        comparisons[name] = {"diffs": diffs, "seconds": [cpu_s, seconds],
+                             "auc": [cpu.metrics["auc"], result.metrics["auc"]], "tolerance": tolerance,
+                             "ok": None if tolerance is None else within(diffs, tolerance)}
         check.log(f"  {name}: {seconds:.1f} s, {diffs}")
-    config = make_config("ucf", args.profile, **base)
+    paper = make_config("ucf", args.profile)
+    f_g, f_c = copy.deepcopy(cpu.generator), copy.deepcopy(cpu.classifier)
+    f_g.dropout, f_c.dropout = paper.generator.dropout, paper.clip.dropout
     settings = [("cpu", base["eval_batch_size"]), (args.device, other["eval_batch_size"])]
-    diffs = inference_agreement(cpu, tr, te, config, settings)
+    diffs = inference_agreement(f_g, f_c, tr, te, make_config("ucf", args.profile, **base), settings)
     comparisons["inference, same models"] = {"diffs": diffs, "tolerance": TOLERANCE["inference"],
                                              "ok": within(diffs, TOLERANCE["inference"])}
     check.log(f"  inference on the same models: {diffs}")
     record["comparisons"] = comparisons
-    bad = [name for name, c in comparisons.items() if not c["ok"]]
+    bad = [name for name, c in comparisons.items() if c["ok"] is False]
     if bad:
         raise AssertionError(f"outside tolerance: {', '.join(bad)} (see the report)")
 

@@ -414,8 +414,10 @@ def _rgb(rng, z: np.ndarray, crops: int, world: _World, chunk=1024) -> np.ndarra
     zc = (z[:, None, :] + rng.normal(0.0, PREMISES.crop_noise_std, (T, crops, L))).astype(np.float32)
     out = np.empty((T, crops, world.lift.shape[1]), dtype=np.float32)
     for t0 in range(0, T, chunk):   # bounds the temporaries of long videos
-        h = zc[t0:t0 + chunk].reshape(-1, L) @ world.lift - world.threshold
-        out[t0:t0 + chunk] = (world.gain * _softplus(h)).reshape(-1, crops, h.shape[-1])
+        # a stacked [t, crops, L] @ [L, D] product: a flattened 2-D one would wake BLAS
+        # threads, which is many times slower on a busy machine
+        h = zc[t0:t0 + chunk] @ world.lift - world.threshold
+        out[t0:t0 + chunk] = world.gain * _softplus(h)
     return out
 
 
@@ -438,7 +440,7 @@ def _audio(rng, z: np.ndarray, event_strength: np.ndarray, world: _World, class_
         0.0, p.clip_noise_std, (z.shape[0], p.audio_latent_dim))
     u = (c * (z @ world.audio_coupling) + math.sqrt(1 - c * c) * own
          + (world.audio_gain[class_index] * event_strength)[:, None] * world.audio_dirs[class_index])
-    return (u @ world.audio_lift).astype(np.float32)[:, None, :]
+    return (u[:, None, :] @ world.audio_lift).astype(np.float32)   # stacked, like `_rgb`
 
 
 def _synthesise(plan: VideoPlan, rng, preset: SynthPreset, profile: SynthProfile, world: _World):

@@ -39,8 +39,8 @@ BANK_VERSION = 1
 SPLITS = ("train", "test")
 REQUIRED_ATTRS = ("source", "feature_kind", "frames_per_clip", "crops", "modalities")
 CHUNK_CLIPS = 64
-# lzf over gzip: see `benchmarks/bank_io.py` and book/data.md; lzf decompresses several
-# times faster and float16 features compress little either way.
+# lzf over gzip: lzf decompresses 2-3x faster and float16 features compress little either
+# way (`benchmarks/bank_io.py`, book/data.md).
 COMPRESSION = "lzf"
 
 

@@ -34,8 +34,10 @@ def pseudo_label_quality(labels: torch.Tensor, uncertainty: torch.Tensor, select
     labels, uncertainty, oracle: [N] over the split's clips (oracle in [0, 1], > 0.5 = anomalous);
     selected: [N] bool. Normal videos are left out: their clips are normal by the weak label.
     returns: label_auc / label_auc_selected (ROC-AUC of pseudo labels against the truth),
-    label_mae / label_mae_selected, and unc_error_corr (Spearman correlation of uncertainty
-    with the absolute pseudo-label error).
+    label_mae / label_mae_selected, unc_error_corr (Spearman correlation of uncertainty
+    with the absolute pseudo-label error), and event_share / event_share_selected (share of
+    anomalous clips among all clips of abnormal videos, and among the selected ones: a
+    selection that avoids the events shows as event_share_selected < event_share).
     """
     from scipy.stats import spearmanr
 
@@ -51,6 +53,8 @@ def pseudo_label_quality(labels: torch.Tensor, uncertainty: torch.Tensor, select
         "label_mae": float(err.mean()),
         "label_mae_selected": float(err[s].mean()) if s.any() else float("nan"),
         "unc_error_corr": float(spearmanr(u, err).statistic) if len(u) > 2 else float("nan"),
+        "event_share": float(hard.mean()) if len(hard) else float("nan"),
+        "event_share_selected": float(hard[s].mean()) if s.any() else float("nan"),
     }
 
 

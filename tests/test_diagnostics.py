@@ -179,3 +179,20 @@ def test_verdict_words():
     assert verdict([0.4, 0.6], [0.1, 0.1], scale=1, unit="", digits=2, higher="more") == "more by 0.40 ± 0.14"
     with pytest.raises(ValueError, match="at least one"):
         verdict([], [0.1])
+
+
+def test_event_share_of_selected_clips_by_hand():
+    # one abnormal video of 4 clips (truth 1, 0, 0, 1) and one normal video of 2 clips;
+    # selecting clips 1 and 3 of the abnormal video keeps one event clip of two: 1/2;
+    # all clips of the abnormal video: 2 event clips of 4 = 1/2 too; selecting 1 and 2: 0
+    from cupl.data.split import Split
+
+    split = Split(features=torch.zeros(6, 1, 2), offsets=torch.tensor([0, 4, 6]), labels=torch.tensor([1, 0]),
+                  names=["a", "n"], categories=["X", "Normal"], num_frames=torch.tensor([64, 32]))
+    oracle = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    labels = torch.tensor([0.9, 0.2, 0.1, 0.8, 0.0, 0.0])
+    unc = torch.zeros(6)
+    q = pseudo_label_quality(labels, unc, torch.tensor([False, True, False, True, True, True]), oracle, split)
+    assert q["event_share"] == 0.5 and q["event_share_selected"] == 0.5
+    q = pseudo_label_quality(labels, unc, torch.tensor([False, True, True, False, True, True]), oracle, split)
+    assert q["event_share_selected"] == 0.0

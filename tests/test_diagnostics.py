@@ -196,3 +196,16 @@ def test_event_share_of_selected_clips_by_hand():
     assert q["event_share"] == 0.5 and q["event_share_selected"] == 0.5
     q = pseudo_label_quality(labels, unc, torch.tensor([False, True, True, False, True, True]), oracle, split)
     assert q["event_share_selected"] == 0.0
+
+
+def test_uncertainty_bins_and_selection_reject_bad_input():
+    split = split_of([4, 2], [1, 0])
+    ok = torch.zeros(6)
+    with pytest.raises(ValueError, match="bins"):
+        uncertainty_bins(ok, ok, ok, split, bins=0)
+    with pytest.raises(ValueError, match=r"uncertainty.*\[6\]"):
+        uncertainty_bins(ok, torch.zeros(5), ok, split)
+    with pytest.raises(ValueError, match=r"keys.*\[6\]"):
+        selection_quality(ok, torch.zeros(7), ok, split, [0.5])
+    with pytest.raises(ValueError, match="ratio"):
+        selection_quality(ok, ok, ok, split, [0.0])

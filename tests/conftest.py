@@ -10,6 +10,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread():
+    """The tests' models are tiny: a second intra-op thread only adds synchronisation, which
+    on a busy two-core machine made small training runs many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks")
 
 

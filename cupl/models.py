@@ -109,6 +109,12 @@ class ClipClassifier(nn.Module):
         _check_last_dim("ClipClassifier input", x, self.in_dim)
         return F.relu(self.regressor[0](x)).unsqueeze(-2)
 
+    def logit_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., h1] first-layer outputs (after the ReLU) -> [...] anomaly logit: the rest of
+        `regressor`, so that ``logit_from_hidden(hidden1(x)[..., 0, :]) == forward(x)``."""
+        z = self.regressor[2:](h)
+        return z[..., 1] - z[..., 0] if self.two_way else z[..., 0]
+
     def context_weights(self):
         """The first layer split over a temporal feature [c_t, m_t] (Sec. 3.3):
         (W_a [h1, D/2], W_b [h1, D/2], b1 [h1]) with W1 [c; m] + b1 = W_a c + W_b m + b1."""

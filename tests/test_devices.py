@@ -74,11 +74,13 @@ def plain_temporal(split, window: int) -> np.ndarray:
 # ---- f_c's split first layer, in chunks -------------------------------------------------
 
 
+# D = 8: f_c with h1 = 12 reads built temporal features, with h1 = 4 < D it projects clips first
+@pytest.mark.parametrize("hidden", [(12, 5), (4, 3)])
 @pytest.mark.parametrize("batch_size", [3, 7, 100, 10**6])  # 1, 2, 33 and all clips per chunk
-def test_fc_pseudo_labels_equal_passes_on_built_temporal_features(data, batch_size):
+def test_fc_pseudo_labels_equal_passes_on_built_temporal_features(data, batch_size, hidden):
     train, _ = data
     torch.manual_seed(0)
-    model = ClipClassifier(16, hidden=(12, 5), dropout=0.5)
+    model = ClipClassifier(16, hidden=hidden, dropout=0.5)
     labels, unc = pseudo_labels(model, train, 6, window=3, generator=torch.Generator().manual_seed(9),
                                 batch_size=batch_size)
     x = torch.from_numpy(plain_temporal(train, 3))  # [N, C, 2D]
@@ -87,11 +89,12 @@ def test_fc_pseudo_labels_equal_passes_on_built_temporal_features(data, batch_si
     torch.testing.assert_close(unc, var.view(train.num_clips, -1).mean(dim=1), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("hidden", [(12, 5), (4, 3)])
 @pytest.mark.parametrize("two_way", [False, True])
-def test_scores_equal_the_eval_forward_on_built_temporal_features(data, two_way):
+def test_scores_equal_the_eval_forward_on_built_temporal_features(data, two_way, hidden):
     _, test = data
     torch.manual_seed(1)
-    model = ClipClassifier(16, hidden=(12, 5), dropout=0.5, two_way=two_way)
+    model = ClipClassifier(16, hidden=hidden, dropout=0.5, two_way=two_way)
     scores = score_clips(model, test, 4, batch_size=5)
     x = torch.from_numpy(plain_temporal(test, 4))
     with torch.no_grad():
@@ -107,6 +110,14 @@ def test_fg_pseudo_labels_in_chunks(data):
     mean, var = mc_dropout(model, train.features.flatten(0, 1), 9, torch.Generator().manual_seed(5), method="naive")
     torch.testing.assert_close(labels, mean.view(train.num_clips, -1).mean(dim=1), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(unc, var.view(train.num_clips, -1).mean(dim=1), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_logit_from_hidden_is_the_rest_of_forward(two_way):
+    torch.manual_seed(4)
+    model = ClipClassifier(10, hidden=(6, 3), two_way=two_way).eval()
+    x = torch.randn(5, 2, 10)
+    assert torch.equal(model.logit_from_hidden(model.hidden1(x)[..., 0, :]), model(x))
 
 
 def test_context_weights_split_the_first_layer():
@@ -129,10 +140,13 @@ SMALL = {"generator.steps": 25, "generator.batch_size": 4, "generator.hidden": (
 CODE_PATH_TOLERANCE = 1e-5
 
 
-def test_gpu_code_path_gives_the_cpu_results(data):
+@pytest.mark.parametrize("clip_hidden", [(32, 8), (4, 2)])  # f_c on built inputs; projecting clips (D = 8 > 4)
+def test_gpu_code_path_gives_the_cpu_results(data, clip_hidden):
     train, test = data
-    small = run(make_config("ucf", "smoke", eval_batch_size=16, **SMALL), train, test, progress=False, keep_arrays=True)
-    large = run(make_config("ucf", "smoke", eval_batch_size=2**20, **SMALL), train, test, progress=False,
+    settings = {**SMALL, "clip.hidden": clip_hidden}
+    small = run(make_config("ucf", "smoke", eval_batch_size=16, **settings), train, test, progress=False,
+                keep_arrays=True)
+    large = run(make_config("ucf", "smoke", eval_batch_size=2**20, **settings), train, test, progress=False,
                 keep_arrays=True)
     assert len(small.arrays) == len(large.arrays) == 3
     for a, b in zip(small.arrays, large.arrays):

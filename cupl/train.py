@@ -114,7 +114,8 @@ def train_generator(train: Split, cfg: GeneratorConfig, *, generator: torch.Gene
     return model.eval()
 
 
-def _first_layer(model, split: Split, window: int | None, batch_size: int, amp: bool):
+def _first_layer(model, split: Split, window: int | None, batch_size: int, amp: bool,
+                 project: bool | None = None):
     """Yield (lo, hi, h) over runs of clips: h [(hi - lo) C, K, h1] = ReLU of the first layer
     of every crop of clips lo..hi-1, at most about `batch_size` vectors at a time.
 
@@ -126,12 +127,13 @@ def _first_layer(model, split: Split, window: int | None, batch_size: int, amp: 
     no [b, C, 2D] input is built, at the same FLOPs (the w clips before a run are projected
     again as its halo). Exact up to float rounding (ReLU outputs within 4e-6 at 2048-d).
     Measured by `benchmarks/pipeline.py` on a 2-core CPU: 1.5x faster at D = 2048, 2.4x
-    slower at D = 256, where the projections are the wider rows.
+    slower at D = 256, where the projections are the wider rows. `project` forces either way.
     """
     features, device = split.features, split.features.device
     rows = max(1, batch_size // features.shape[1])
     starts = None if window is None else split.starts
-    project = window is not None and features.shape[-1] > model.hidden[0]
+    if project is None:
+        project = features.shape[-1] > model.hidden[0]
     for lo in range(0, split.num_clips, rows):
         hi = min(lo + rows, split.num_clips)
         with _autocast(device, amp):

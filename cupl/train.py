@@ -126,8 +126,9 @@ def _first_layer(model, split: Split, window: int | None, batch_size: int, amp: 
     taken over h1-d projections, so the w gathers per clip move h1 values instead of D and
     no [b, C, 2D] input is built, at the same FLOPs (the w clips before a run are projected
     again as its halo). Exact up to float rounding (ReLU outputs within 4e-6 at 2048-d).
-    Measured by `benchmarks/pipeline.py` on a 2-core CPU: 1.5x faster at D = 2048, 2.4x
-    slower at D = 256, where the projections are the wider rows. `project` forces either way.
+    Measured (`benchmarks/pipeline.py`, one CPU thread, quick-profile video lengths): 1.4-1.5x
+    faster at D = 2048, 1.4-1.7x slower at D = 256, where the projections are the wider
+    rows. `project` forces either way.
     """
     features, device = split.features, split.features.device
     rows = max(1, batch_size // features.shape[1])

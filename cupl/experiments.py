@@ -321,7 +321,7 @@ def example_videos(split) -> dict[str, int]:
 def _bar(iterable, progress: bool, **kw):
     if not progress:
         return iterable
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(iterable, **kw)
 

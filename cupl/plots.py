@@ -16,10 +16,12 @@ def _np(x):
 def shade_intervals(ax, mask, x=None, color="tab:red", alpha=0.15, label="annotated anomaly"):
     """Shade the runs of ones in a 0/1 mask (frames or clips) along x."""
     mask = _np(mask).astype(bool)
-    x = np.arange(len(mask)) if x is None else _np(x)
+    x = np.arange(len(mask), dtype=float) if x is None else _np(x).astype(float)
+    step = x[1] - x[0] if len(x) > 1 else 1.0
+    right = np.append(x[1:], x[-1] + step)  # a run covers its last step too: one-clip events show
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
     for i, (start, end) in enumerate(zip(edges[::2], edges[1::2])):
-        ax.axvspan(x[start], x[min(end, len(x)) - 1], color=color, alpha=alpha, lw=0,
+        ax.axvspan(x[start], right[end - 1], color=color, alpha=alpha, lw=0,
                    label=label if i == 0 else None)
     return ax
 

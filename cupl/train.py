@@ -39,7 +39,7 @@ def _autocast(device: torch.device, amp: bool):
 def _bar(iterable, progress: bool, **kw):
     if not progress:
         return iterable
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(iterable, leave=False, **kw)
 

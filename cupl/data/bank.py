@@ -95,7 +95,7 @@ def write_bank(path, videos: Iterable[VideoData], *, attrs: dict, dtype="float16
     it was.
     """
     import h5py
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     path = Path(path)
     _check_bank_attrs(path, attrs)
@@ -452,7 +452,7 @@ class FeatureBank:
 
     def _read_split(self, split: str, modality: str, lengths: np.ndarray, progress) -> np.ndarray:
         """[sum(lengths), C, D] in the stored dtype, video v's first lengths[v] clips in order."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         import h5py
 

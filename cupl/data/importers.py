@@ -199,7 +199,7 @@ def check_sources(sources: list[VideoSource], layouts: dict[str, Layout], out_dt
 
     The common shape is the one most videos have, so one odd file is named, not the rest.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     problems, shapes = [], []
     for src in tqdm(sources, desc="checking features", unit="video", disable=not progress):

@@ -338,6 +338,11 @@ class Check:
                 value = fn(record)
             record.update(status="ok", seconds=time.perf_counter() - t0)
             self.log(f"{name}: ok in {record['seconds']:.1f} s")
+        except KeyboardInterrupt:  # stopped from outside (gpu_check.sh's time limit): say where
+            record.update(status="interrupted", seconds=time.perf_counter() - t0)
+            self.log(f"{name}: interrupted")
+            self.save()
+            raise
         except Exception as err:  # every step is guarded; the report names what failed
             value = None
             record.update(status="failed", seconds=time.perf_counter() - t0, error=f"{type(err).__name__}: {err}",
@@ -412,7 +417,7 @@ def markdown_report(report: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu, the latter with a small --scale")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the videos of each split (evenly spaced)")
     p.add_argument("--train-clips", type=int, default=REAL_TRAIN_CLIPS,
                    help="stretch training videos so that the whole training split has about this many "
@@ -435,6 +440,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
     args = p.parse_args(argv)
     args.overrides = {key: _literal(value) for key, value in args.set}
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        print(f"gpu_check: CUDA is not available to torch {torch.__version__}; install a CUDA build, "
+              f"or check on the CPU at a small size (--device cpu --scale 0.01 ...)", file=sys.stderr)
+        return 2
 
     check = Check(Path(args.out), args.budget_s, set(args.skip))
     device = torch.device(args.device)

@@ -575,6 +575,7 @@ def _agreement(args, state, record, check):
 
     from cupl.config import make_config
 
+    torch.set_float32_matmul_precision("highest")  # float32 means float32 on CUDA too (no TF32)
     train, test = state["train"], state["test"]
     tr = train.subset(evenly_spaced(min(args.agree_videos, train.num_videos), train.num_videos))
     te = test.subset(evenly_spaced(min(args.agree_test_videos, test.num_videos), test.num_videos))

@@ -2,10 +2,11 @@
 
 Every training result is reported over several seeds as mean ± spread, from the final
 model of each run (never the best iteration on the test set). Runs that differ only in
-stage 2 share one stage-1 model f_g per seed: in memory within a `Data`, and on disk between
-notebooks when `Data.stage1_cache` names a folder (keyed by the bank's digest, the `cupl`
-sources, the torch version and every setting stage 1 reads). A run repeated with the same
-configuration and `Data` (the default point of one sweep is a point of the next) is made once.
+stage 2 share one stage-1 model f_g per seed, and a run repeated with the same configuration
+(the default point of one sweep is a point of the next, chapters share their default runs) is
+made once: in memory within a `Data`, and between notebooks on disk when `Data.cache` names a
+folder. Both are keyed by the bank's digest, the `cupl` sources and the torch version, with
+every setting stage 1 reads for a generator and the whole configuration for a run.
 """
 
 from __future__ import annotations
@@ -62,13 +63,13 @@ class Data:
     test: Split
     oracle: torch.Tensor | None
     generators: dict = field(default_factory=dict)  # stage-1 models shared by runs that differ only later
-    stage1_cache: Path | None = None  # folder of stage-1 models shared between processes; None: memory only
+    cache: Path | None = None  # stage-1 models and run results shared between processes; None: memory only
     runs: dict = field(default_factory=dict)  # whole runs by configuration: a sweep's default point is another's
 
     @cached_property
     def digest(self) -> str:
-        """What a stage-1 model trained on this bank depends on besides its settings:
-        the bank's content, the `cupl` sources and the torch version."""
+        """What a model or a result of this bank depends on besides its settings: the
+        bank's content, the `cupl` sources and the torch version."""
         from cupl.book import bank_digest, package_digest
 
         return hashlib.sha256(f"{bank_digest(self.path)} {package_digest()} {torch.__version__}".encode()).hexdigest()
@@ -83,16 +84,16 @@ class Data:
 
 
 def load_data(bank: str | os.PathLike, profile: str = "quick", modality: str = "rgb", *,
-              stage1_cache: str | os.PathLike | None = "default") -> Data:
+              cache: str | os.PathLike | None = "default") -> Data:
     """Both splits of `bank` (the embedded benchmark of `profile` when empty) and its train oracle.
 
-    stage1_cache: where stage-1 models are shared between notebooks; "default" is
-    `default_cache() / "stage1"`, None keeps them in memory only.
+    cache: where stage-1 models and run results are shared between notebooks; "default" is
+    `default_cache() / "experiments"`, None keeps them in memory only.
     """
     from cupl.data.bank import BankError, FeatureBank
 
-    if stage1_cache == "default":
-        stage1_cache = default_cache() / "stage1"
+    if cache == "default":
+        cache = default_cache() / "experiments"
 
     path = resolve_bank(bank, profile)
     with FeatureBank.open(path) as fb:
@@ -102,8 +103,7 @@ def load_data(bank: str | os.PathLike, profile: str = "quick", modality: str = "
             oracle = fb.oracle_split_labels("train", modality=modality)
         except BankError:
             oracle = None
-        return Data(path, dict(fb.attrs), train, test, oracle,
-                    stage1_cache=Path(stage1_cache) if stage1_cache is not None else None)
+        return Data(path, dict(fb.attrs), train, test, oracle, cache=Path(cache) if cache is not None else None)
 
 
 def stage1_key(config: RunConfig) -> tuple:
@@ -120,41 +120,65 @@ def stage1_key(config: RunConfig) -> tuple:
     return (tuple(sorted(g.items())), config.seed, config.crops, config.modality, config.device, config.amp)
 
 
-def _stage1_path(data: Data, key: tuple) -> Path:
+def _cached(data: Data, kind: str, key) -> Path | None:
+    """The file of `key` in the disk cache (None without one): `kind`-<digest>."""
+    if data.cache is None:
+        return None
     name = hashlib.sha256(json.dumps([data.digest, repr(key)]).encode()).hexdigest()[:24]
-    return data.stage1_cache / f"f_g-{name}.pt"
+    return data.cache / f"{kind}-{name}"
+
+
+def _write_atomic(path: Path, write) -> None:
+    """write(tmp) into a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _load_stage1(data: Data, key: tuple, config: RunConfig):
     """The stage-1 model of `key` from memory or the disk cache, else None."""
     if key in data.generators:
         return data.generators[key]
-    if data.stage1_cache is None or not _stage1_path(data, key).is_file():
+    path = _cached(data, "f_g", key)
+    if path is None or not path.is_file():
         return None
     from cupl.models import MultiHeadClassifier
 
     g = config.generator
     model = MultiHeadClassifier(data.train.features.shape[-1], g.num_heads, g.hidden, g.dropout)
-    model.load_state_dict(torch.load(_stage1_path(data, key), map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     data.generators[key] = model.eval()
     return model
 
 
 def _store_stage1(data: Data, key: tuple, model) -> None:
-    """Keep a stage-1 model in memory and, atomically, in the disk cache."""
+    """Keep a stage-1 model in memory and in the disk cache."""
     data.generators[key] = model
-    if data.stage1_cache is None:
-        return
-    path = _stage1_path(data, key)
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = _cached(data, "f_g", key)
+    if path is not None and not path.is_file():
+        _write_atomic(path, lambda tmp: torch.save(model.state_dict(), tmp))
+
+
+def _load_run(data: Data, run_key: str) -> RunResult | None:
+    """A run's results from the disk cache: config, metrics, history and timings, without
+    models, test scores or arrays (enough for `run_seeds` with keep=False). None if absent."""
+    path = _cached(data, "run", run_key)
+    if path is None or not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return RunResult(saved["config"], saved["metrics"], saved["history"], saved["timings"],
+                     generator=None, classifier=None, test_scores=None)
+
+
+def _store_run(data: Data, run_key: str, result: RunResult) -> None:
+    path = _cached(data, "run", run_key)
+    if path is not None and not path.is_file():
+        saved = {k: getattr(result, k) for k in ("config", "metrics", "history", "timings")}
+        _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(saved)))
 
 
 def run_seeds(data: Data, seeds, *, preset: str | None = None, profile: str = "quick", variant: str = "full",
@@ -178,15 +202,21 @@ def run_seeds(data: Data, seeds, *, preset: str | None = None, profile: str = "q
 
 
 def _run_once(data: Data, config: RunConfig, keep: bool) -> RunResult:
-    """`train.run` of `config`, or the same run made earlier with this `data`."""
+    """`train.run` of `config`, or the same run made earlier (memory, then disk cache).
+
+    keep=True needs the models, scores and arrays of a run, which only a run made in this
+    process with keep=True holds; anything else is run again.
+    """
     run_key = json.dumps(to_dict(config), sort_keys=True)
-    done = data.runs.get(run_key)
+    done = data.runs.get(run_key) or (None if keep else _load_run(data, run_key))
     if done is not None and (done.arrays or not keep):
+        data.runs[run_key] = done
         return done
     key = stage1_key(config)
     result = run(config, data.train, data.test, oracle=data.oracle, progress=False, keep_arrays=keep,
                  generator_model=_load_stage1(data, key, config))
     _store_stage1(data, key, result.generator)
+    _store_run(data, run_key, result)
     data.runs[run_key] = result
     return result
 

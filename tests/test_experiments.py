@@ -62,19 +62,19 @@ def bank(tmp_path_factory):
 
 
 def test_load_data_reads_both_splits_and_the_oracle(bank, tmp_path):
-    data = ex.load_data(bank, stage1_cache=tmp_path / "stage1")
+    data = ex.load_data(bank, cache=tmp_path / "cache")
     truth = toy_split(6, 6, seed=1)[1]
     assert data.train.num_videos == 12 and data.test.num_videos == 8
     assert torch.equal(data.oracle, truth)
     assert data.test.frame_labels is not None
-    assert data.stage1_cache == tmp_path / "stage1"
+    assert data.cache == tmp_path / "cache"
     assert data.preset == "ucf"  # a bank naming no dataset runs with the UCF-Crime settings
 
 
 def test_load_data_without_oracle_and_without_disk_cache(tmp_path):
     path = toy_bank(tmp_path / "real-like.h5", oracle=False)
-    data = ex.load_data(path, stage1_cache=None)
-    assert data.oracle is None and data.stage1_cache is None
+    data = ex.load_data(path, cache=None)
+    assert data.oracle is None and data.cache is None
 
 
 def test_missing_bank_is_named(tmp_path):
@@ -110,12 +110,13 @@ def test_one_head_trains_the_same_generator_with_or_without_diversity():
 
 
 def test_run_seeds_reuses_stage1_from_disk_in_a_new_process_state(bank, tmp_path):
-    cache = tmp_path / "stage1"
-    first = ex.load_data(bank, stage1_cache=cache)
+    cache = tmp_path / "cache"
+    first = ex.load_data(bank, cache=cache)
     runs, history, results = ex.run_seeds(first, [0, 1], profile="smoke", keep=True, **TINY)
-    assert len(list(cache.glob("f_g-*.pt"))) == 2
+    assert len(list(cache.glob("f_g-*"))) == 2 and len(list(cache.glob("run-*"))) == 2
     assert all(r.timings["stage1"] > 0 for r in results)
-    again = ex.load_data(bank, stage1_cache=cache)  # a fresh Data: nothing in memory
+    again = ex.load_data(bank, cache=cache)  # a fresh Data: nothing in memory
+    # keep=True needs models and arrays, so the runs are made again, from the stored stage 1
     runs2, history2, results2 = ex.run_seeds(again, [0, 1], profile="smoke", keep=True, **TINY)
     assert all(r.timings["stage1"] == 0.0 for r in results2)
     pd.testing.assert_frame_equal(runs.drop(columns="seconds"), runs2.drop(columns="seconds"))
@@ -123,8 +124,26 @@ def test_run_seeds_reuses_stage1_from_disk_in_a_new_process_state(bank, tmp_path
     assert not list(cache.glob(".*tmp")), "no temporary file is left behind"
 
 
+def test_run_seeds_reuses_whole_runs_from_disk(bank, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    runs, history = ex.run_seeds(ex.load_data(bank, cache=cache), [0, 1], profile="smoke", **TINY)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the run should have come from the cache")
+
+    monkeypatch.setattr(ex, "run", no_training)
+    fresh = ex.load_data(bank, cache=cache)
+    runs2, history2 = ex.run_seeds(fresh, [0, 1], profile="smoke", **TINY)
+    pd.testing.assert_frame_equal(runs, runs2)
+    pd.testing.assert_frame_equal(history, history2)
+    with pytest.raises(AssertionError, match="from the cache"):  # another configuration is trained
+        ex.run_seeds(fresh, [0], profile="smoke", **{**TINY, "self_train.ratio": 0.3})
+    with pytest.raises(AssertionError, match="from the cache"):  # keep=True needs the models
+        ex.run_seeds(fresh, [0], profile="smoke", keep=True, **TINY)
+
+
 def test_run_seeds_shapes_and_grid_rows(bank):
-    data = ex.load_data(bank, stage1_cache=None)
+    data = ex.load_data(bank, cache=None)
     runs, history = ex.run_seeds(data, 2, profile="smoke", **TINY)
     assert list(runs["seed"]) == [0, 1]
     assert list(history["iteration"]) == [1, 2, 1, 2]
@@ -137,7 +156,7 @@ def test_run_seeds_shapes_and_grid_rows(bank):
 
 
 def test_a_repeated_configuration_is_run_once(bank):
-    data = ex.load_data(bank, stage1_cache=None)
+    data = ex.load_data(bank, cache=None)
     _, _, (first,) = ex.run_seeds(data, [0], profile="smoke", **TINY, keep=True)
     # the default R = 0.5, named explicitly, is the same configuration
     _, _, (again,) = ex.run_seeds(data, [0], profile="smoke", keep=True, **TINY, **{"self_train.ratio": 0.5})
@@ -242,7 +261,7 @@ def test_example_videos_needs_frame_labels_and_both_kinds():
 
 def test_iteration_j_of_a_run_is_the_final_model_of_a_run_with_j_iterations(bank):
     # chapter 9 reads the j axis from the history of one set of runs
-    data = ex.load_data(bank, stage1_cache=None)
+    data = ex.load_data(bank, cache=None)
     _, longer = ex.run_seeds(data, [0], profile="smoke", **{**TINY, "self_train.iterations": 3})
     for j in (1, 2):
         runs, _ = ex.run_seeds(data, [0], profile="smoke", **{**TINY, "self_train.iterations": j})

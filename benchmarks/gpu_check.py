@@ -75,8 +75,9 @@ REAL_TRAIN_CLIPS = 780_000
 # rounding difference that changes which segment is the max changes the gradient, so runs
 # drift apart (the first H200 run: labels up to 0.93 apart, AUC 0.0035). A whole run on the
 # device is therefore held against what rounding alone does on the CPU: the same CPU run on
-# features changed in their last bit (x (1 + 2^-23)); the device may differ from the CPU by
-# at most RUN_MARGIN times that, or by RUN_FLOOR.
+# features each changed in its last bit (x (1 +- 2^-23), random signs, so that a matmul's
+# outputs move by about as much as a different summation order moves them); the device may
+# differ from the CPU by at most RUN_MARGIN times that, or by RUN_FLOOR.
 TOLERANCE = {"inference": {"labels": 1e-4, "scores": 1e-4}}
 RUN_MARGIN, RUN_FLOOR = 10.0, 1e-4
 # Training-time dropout is drawn by each device's own generator, so it is off; without it
@@ -238,11 +239,12 @@ def run_tolerance(reference: dict) -> dict:
     return out
 
 
-def last_bit(split):
-    """The split with every feature changed in its last bit (float32)."""
+def last_bit(split, seed: int = 0):
+    """The split with every float32 feature changed in its last bit, up or down at random."""
     from dataclasses import replace
 
-    return replace(split, features=split.features * (1.0 + 2.0**-23))
+    signs = torch.randint(0, 2, split.features.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return replace(split, features=split.features * (1.0 + 2.0**-23 * signs))
 
 
 def inference_agreement(f_g, f_c, train, test, config, settings) -> dict:

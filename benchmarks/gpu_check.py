@@ -58,6 +58,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -404,6 +405,12 @@ def markdown_report(report: dict) -> str:
                                           if p["measured_matmul_tflops"] else "") + ". "
                   f"Whole run {p['wall_s']:.2f} s, final AUC {p['metrics']['auc']:.4f}; peak memory allocated "
                   f"{p['peak_gib']:.2f} GiB.", "", pipeline.markdown_table(p["rows"])]
+        probe = p.get("stage1_graph") or {}
+        if "graph" in probe:
+            lines += ["", f"Stage 1 for {probe['steps']} steps (segment pooling included): eager {probe['eager']:.2f} s, "
+                          f"replayed as a CUDA graph {probe['graph']:.2f} s."]
+        if p.get("warnings"):
+            lines += ["", "Warnings: " + "; ".join(p["warnings"])]
         paths = p.get("fc_first_layer") or {}
         if "built_s" in paths:
             lines += ["", f"f_c's first layer over the training split (the MC-Dropout pass): temporal inputs built "
@@ -534,16 +541,21 @@ def _generate(args, state, record, check):
 
 
 def _warmup(args, state, record):
+    """The pipeline's settings on a few videos for a few steps: library set-up, kernel
+    selection and the first CUDA graph capture happen here, not in the timed run."""
     from cupl.config import make_config
     from cupl.train import run
 
     train, test = state["train"], state["test"]
-    tr = train.subset(evenly_spaced(min(16, train.num_videos), train.num_videos))
-    te = test.subset(evenly_spaced(min(10, test.num_videos), test.num_videos))
+    tr = train.subset(evenly_spaced(min(8, train.num_videos), train.num_videos))
+    te = test.subset(evenly_spaced(min(6, test.num_videos), test.num_videos))
     device = torch.device(args.device)
-    config = make_config("ucf", "smoke", device=str(device), amp=device.type == "cuda", seed=args.seed)
+    config = make_config("ucf", args.profile, **{
+        "device": str(device), "amp": device.type == "cuda", "seed": args.seed, "eval_batch_size": args.eval_batch_size,
+        **args.overrides, "generator.steps": 10, "clip.epochs": 1})
     result = run(config, tr, te, progress=False)
-    record["note"] = f"smoke run on {tr.num_videos} + {te.num_videos} videos, AUC {result.metrics['auc']:.3f}"
+    record["note"] = (f"{args.profile} settings, 10 stage-1 steps and 1 f_c epoch, on {tr.num_videos} + "
+                      f"{te.num_videos} videos (AUC {result.metrics['auc']:.3f})")
 
 
 def _pipeline(args, state, record, check):
@@ -555,7 +567,11 @@ def _pipeline(args, state, record, check):
                                                  "eval_batch_size": args.eval_batch_size, **args.overrides})
     peak, what, measured = pipeline.reference_peak(device, amp, args.peak_tflops)
     check.log(f"  peak {what}" + (f"; measured matmul {measured:.3g} TFLOP/s" if measured else ""))
-    out = pipeline.run_pipeline(config, state["train"], state["test"], peak_tflops=peak)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = pipeline.run_pipeline(config, state["train"], state["test"], peak_tflops=peak)
+    for w in caught:
+        check.log(f"  warning: {w.message}")
     state["config"] = config
     print(pipeline.plain_table(out["rows"]), flush=True)
     peak_gib = max(out["peak_memory_bytes"].values()) / 2**30 if out["peak_memory_bytes"] else \
@@ -564,11 +580,39 @@ def _pipeline(args, state, record, check):
     record.update(profile=args.profile, amp=amp, peak=what, peak_tflops=peak, measured_matmul_tflops=measured,
                   rows=out["rows"], wall_s=out["wall_s"], metrics=out["metrics"], history=out["history"],
                   config=out["config"], peak_memory_bytes=out["peak_memory_bytes"], peak_gib=peak_gib,
+                  warnings=[str(w.message) for w in caught],
                   fc_first_layer=_first_layer_paths(out["result"], state["train"], config, check),
+                  stage1_graph=_stage1_graph(state["train"], config, check),
                   steps={"stage1": config.generator.steps,
                          "f_c per iteration": [config.clip.epochs * math.ceil(h["selected"] * args.crops
                                                                               / config.clip.batch_size)
                                                for h in out["history"]]})
+
+
+def _stage1_graph(train, config, check, steps: int = 200) -> dict:
+    """Stage 1 for `steps` steps, eager against replayed as a CUDA graph (both pool the
+    segments first); CUDA only."""
+    from dataclasses import replace
+
+    from cupl.train import train_generator
+
+    if train.features.device.type != "cuda":
+        return {"note": "CUDA only"}
+    try:
+        cfg, seconds = replace(config.generator, steps=steps), {}
+        for graph in (False, True):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            train_generator(train, cfg, generator=torch.Generator().manual_seed(0), amp=config.amp, graph=graph)
+            torch.cuda.synchronize()
+            seconds["graph" if graph else "eager"] = time.perf_counter() - start
+    except Exception as err:  # a side measurement: its failure must not fail the pipeline step
+        check.log(f"  stage 1 eager against graph: FAILED: {type(err).__name__}: {err}")
+        return {"error": f"{type(err).__name__}: {err}"}
+    per_step = (seconds["eager"] - seconds["graph"]) / steps * 1e3
+    check.log(f"  stage 1, {steps} steps: eager {seconds['eager']:.2f} s, graph {seconds['graph']:.2f} s "
+              f"({per_step:.2f} ms saved per step)")
+    return {"steps": steps, **seconds}
 
 
 def _first_layer_paths(result, train, config, check) -> dict | None:

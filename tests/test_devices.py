@@ -157,6 +157,15 @@ def test_gpu_code_path_gives_the_cpu_results(data, clip_hidden):
     assert small.metrics["auc"] == pytest.approx(large.metrics["auc"], abs=1e-6)
 
 
+def test_graph_steps_need_cuda(data):
+    from cupl.train import train_generator
+
+    train, _ = data
+    config = make_config("ucf", "smoke", **SMALL)
+    with pytest.raises(ValueError, match="graph=True needs a CUDA device.*cpu"):
+        train_generator(train, config.generator, generator=torch.Generator().manual_seed(0), graph=True)
+
+
 def test_feature_dtype():
     assert feature_dtype("cuda", True) == torch.bfloat16
     assert feature_dtype(torch.device("cuda", 0), True) == torch.bfloat16
@@ -300,7 +309,7 @@ def test_stretch_and_spacing(gpu_check):
 def test_gpu_check_runs_on_cpu_at_tiny_scale(gpu_check, tmp_path, capsys):
     code = gpu_check.main([
         "--device", "cpu", "--scale", "0.01", "--dim", "16", "--crops", "2", "--profile", "smoke",
-        "--train-clips", "0", "--io-gb", "0.0005", "--skip", "warmup", "compile",
+        "--train-clips", "0", "--io-gb", "0.0005", "--skip", "compile",
         "--set", "generator.steps", "5", "--set", "clip.epochs", "1", "--set", "generator.hidden", "(32, 16)",
         "--set", "clip.hidden", "(32, 8)", "--peak-tflops", "1", "--agree-videos", "6",
         "--agree-test-videos", "3", "--agree-steps", "5", "--agree-epochs", "1", "--out", str(tmp_path)])
@@ -309,7 +318,7 @@ def test_gpu_check_runs_on_cpu_at_tiny_scale(gpu_check, tmp_path, capsys):
     steps = report["steps"]
     assert code == 0, printed
     assert {n: s["status"] for n, s in steps.items()} == {
-        "plan": "ok", "generate": "ok", "warmup": "skipped", "pipeline": "ok", "agreement": "ok",
+        "plan": "ok", "generate": "ok", "warmup": "ok", "pipeline": "ok", "agreement": "ok",
         "bank_io": "ok", "compile": "skipped"}
     assert steps["plan"]["train_videos"] == 16 and steps["plan"]["test_videos"] == 3
     assert steps["generate"]["train_shape"][1:] == [2, 16]

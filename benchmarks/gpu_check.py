@@ -411,6 +411,11 @@ def markdown_report(report: dict) -> str:
                           f"replayed as a CUDA graph {probe['graph']:.2f} s."]
         if p.get("warnings"):
             lines += ["", "Warnings: " + "; ".join(p["warnings"])]
+        gather = p.get("context_gather") or {}
+        if "embedding_bag_ms" in gather:
+            lines += ["", f"One f_c batch of {gather['batch']} temporal features: one embedding_bag for the memory "
+                          f"{gather['embedding_bag_ms']:.2f} ms, gather of the w rows and a masked sum "
+                          f"{gather['index_select_ms']:.2f} ms (max |difference| {gather['max_abs_diff']:.1e})."]
         paths = p.get("fc_first_layer") or {}
         if "built_s" in paths:
             lines += ["", f"f_c's first layer over the training split (the MC-Dropout pass): temporal inputs built "
@@ -583,6 +588,7 @@ def _pipeline(args, state, record, check):
                   warnings=[str(w.message) for w in caught],
                   fc_first_layer=_first_layer_paths(out["result"], state["train"], config, check),
                   stage1_graph=_stage1_graph(state["train"], config, check),
+                  context_gather=_context_gather(state["train"], config, check),
                   steps={"stage1": config.generator.steps,
                          "f_c per iteration": [config.clip.epochs * math.ceil(h["selected"] * args.crops
                                                                               / config.clip.batch_size)
@@ -613,6 +619,62 @@ def _stage1_graph(train, config, check, steps: int = 200) -> dict:
     check.log(f"  stage 1, {steps} steps: eager {seconds['eager']:.2f} s, graph {seconds['graph']:.2f} s "
               f"({per_step:.2f} ms saved per step)")
     return {"steps": steps, **seconds}
+
+
+def _context_gather(train, config, check, repeats: int = 20) -> dict:
+    """One f_c training batch of temporal features ([B, 2D], one crop per row): as `cupl.mining`
+    builds it (one embedding_bag for the memory), against an index_select of the w previous
+    rows and a masked float32 sum. Milliseconds per batch, best of `repeats`, and the largest
+    difference of the two."""
+    from cupl.mining import context_features
+
+    features, device = train.features, train.features.device
+    b, window = min(config.clip.batch_size, train.num_clips), config.self_train.window
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(train.num_clips, (b,), generator=g).to(device)
+    crop = torch.randint(features.shape[1], (b,), generator=g).to(device)
+    starts = train.starts
+
+    def gathered():
+        prev = rows[:, None] - torch.arange(1, window + 1, device=device)
+        ok = prev >= starts[rows][:, None]
+        first = ~ok[:, 0]
+        prev = torch.where(ok, prev, rows[:, None])
+        x = features[prev, crop[:, None]]  # [B, w, D]
+        total = torch.sum(x * ok[..., None].to(x.dtype), dim=1, dtype=torch.float32)
+        memory = total / ok.sum(dim=1, keepdim=True).clamp(min=1)
+        current = features[rows, crop]
+        memory = torch.where(first[:, None], current.float(), memory).to(features.dtype)
+        return torch.cat([current, memory], dim=-1)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            _sync_device(device)
+            start = time.perf_counter()
+            fn()
+            _sync_device(device)
+            times.append(time.perf_counter() - start)
+        return min(times) * 1e3
+
+    try:
+        with torch.no_grad():
+            diff = float((context_features(features, starts, rows, window, crop=crop).float()
+                          - gathered().float()).abs().max())
+            out = {"batch": b, "embedding_bag_ms": best(lambda: context_features(features, starts, rows, window,
+                                                                              crop=crop)),
+                   "index_select_ms": best(gathered), "max_abs_diff": diff}
+    except Exception as err:  # a side measurement: its failure must not fail the pipeline step
+        check.log(f"  context gather: FAILED: {type(err).__name__}: {err}")
+        return {"error": f"{type(err).__name__}: {err}"}
+    check.log(f"  one f_c batch of {b} temporal features: embedding_bag {out['embedding_bag_ms']:.2f} ms, "
+              f"gather and masked sum {out['index_select_ms']:.2f} ms, max |difference| {diff:.1e}")
+    return out
+
+
+def _sync_device(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _first_layer_paths(result, train, config, check) -> dict | None:

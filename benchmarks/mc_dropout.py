@@ -18,12 +18,12 @@ markdown table. Exits with status 1 if the fast path and the same-mask passes di
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 
 import torch
 
+from cupl.book import cpu_name
 from cupl.models import ClipClassifier, MultiHeadClassifier
 from cupl.uncertainty import mc_dropout
 
@@ -34,17 +34,6 @@ TOLERANCE = 1e-5
 def _sync(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench(name: str, model, x: torch.Tensor, passes: int, repeats: int) -> dict:
@@ -82,7 +71,7 @@ def main(argv=None) -> int:
         ("f_g", "2048-d, K = 2, dropout 0.6", MultiHeadClassifier(2048, 2), 2048),
         ("f_c", "4096-d, dropout 0.8", ClipClassifier(4096), 4096),
     ]
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"MC-Dropout, N = {args.clips} clips, M = {args.passes} passes, best of {args.repeats}")
     print(f"device {args.device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads\n", flush=True)
 

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import torch
 
+from cupl.book import cpu_name
+
 STAGES = ("mc_dropout", "mining", "train", "score", "evaluate")
 # dense spec TFLOP/s by card and compute dtype (vendor data sheets, without sparsity)
 SPEC_TFLOPS = {
@@ -132,17 +134,6 @@ def reference_peak(device, amp: bool, given: float | None) -> tuple[float, str, 
     if spec:
         return spec, f"{spec:g} TFLOP/s, the card's dense {name} spec", measured
     return measured, f"{measured:.3g} TFLOP/s, best {name} matmul measured in this run", measured
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device) -> dict:

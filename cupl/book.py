@@ -413,7 +413,8 @@ def run_chain(
     return ChainResult(runs, bank_path, build_s)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The processor's model name, for provenance and benchmark reports."""
     import platform
 
     try:
@@ -487,7 +488,7 @@ def write_provenance(root: Path, runs: list[NotebookRun], profile: str, bank: Pa
         f"| git commit | `{_git_commit(root)}` |",
         f"| python | {platform.python_version()} ({platform.python_implementation()}) |",
         f"| torch device | {_torch_device()} |",
-        f"| CPU | {_cpu_name()}, {os.cpu_count()} logical cores |",
+        f"| CPU | {cpu_name()}, {os.cpu_count()} logical cores |",
         f"| platform | {platform.platform()} |",
         "",
         "## Notebooks",

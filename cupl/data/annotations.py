@@ -123,6 +123,14 @@ def _add(table: dict, path: Path, lineno: int, ann: VideoAnnotation):
     table[ann.name] = ann
 
 
+
+def _rows(path: Path):
+    """(line number, whitespace-separated fields) of every non-blank line of a text file."""
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if fields:
+            yield lineno, fields
+
 def parse_ucf_annotations(path) -> dict[str, VideoAnnotation]:
     """UCF-Crime temporal annotation, 6-column original or 7-column with frame counts.
 
@@ -130,10 +138,7 @@ def parse_ucf_annotations(path) -> dict[str, VideoAnnotation]:
     """
     path = Path(path)
     table: dict[str, VideoAnnotation] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
+    for lineno, fields in _rows(path):
         if len(fields) not in (6, 7):
             raise AnnotationError(
                 f"{path}:{lineno}: expected 6 columns (video class s1 e1 s2 e2) or 7 "
@@ -157,10 +162,7 @@ def parse_xd_annotations(path) -> dict[str, VideoAnnotation]:
     """
     path = Path(path)
     table: dict[str, VideoAnnotation] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
+    for lineno, fields in _rows(path):
         name = video_name(fields[0])
         intervals = _pairs(path, lineno, _ints(path, lineno, fields[1:]))
         if not intervals:
@@ -203,10 +205,7 @@ def parse_tad_labels(path, split: str) -> dict[str, VideoAnnotation]:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     path = Path(path)
     table: dict[str, VideoAnnotation] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
+    for lineno, fields in _rows(path):
         name = video_name(fields[0])
         values = _ints(path, lineno, fields[1:])
         if split == "train":

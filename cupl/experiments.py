@@ -65,6 +65,7 @@ class Data:
     generators: dict = field(default_factory=dict)  # stage-1 models shared by runs that differ only later
     cache: Path | None = None  # stage-1 models and run results shared between processes; None: memory only
     runs: dict = field(default_factory=dict)  # whole runs by configuration: a sweep's default point is another's
+    modality: str = "rgb"  # the features `train` and `test` hold
 
     @cached_property
     def digest(self) -> str:
@@ -103,7 +104,8 @@ def load_data(bank: str | os.PathLike, profile: str = "quick", modality: str = "
             oracle = fb.oracle_split_labels("train", modality=modality)
         except BankError:
             oracle = None
-        return Data(path, dict(fb.attrs), train, test, oracle, cache=Path(cache) if cache is not None else None)
+        return Data(path, dict(fb.attrs), train, test, oracle, cache=Path(cache) if cache is not None else None,
+                    modality=modality)
 
 
 def stage1_key(config: RunConfig) -> tuple:
@@ -182,17 +184,20 @@ def _store_run(data: Data, run_key: str, result: RunResult) -> None:
 
 
 def run_seeds(data: Data, seeds, *, preset: str | None = None, profile: str = "quick", variant: str = "full",
-              progress: bool = False, keep: bool = False, **overrides):
+              progress: bool = False, keep: bool = False, workers: int | None = None, **overrides):
     """Run one configuration once per seed.
 
+    workers: processes that make the missing runs side by side (`prefetch`); None: `default_workers`.
     returns: (runs, history) DataFrames — one row per seed with the final metrics, and one row
     per (seed, iteration); with keep=True also the list of RunResults.
     """
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     preset = preset or data.preset
+    configs = [make_config(preset, profile, variant, seed=seed, **overrides) for seed in seeds]
+    prefetch(data, configs, keep=keep, workers=workers, progress=progress)
     rows, history, results = [], [], []
-    for seed in _bar(seeds, progress, desc=f"{variant} seeds"):
-        result = _run_once(data, make_config(preset, profile, variant, seed=seed, **overrides), keep)
+    for seed, config in zip(_bar(seeds, progress, desc=f"{variant} seeds"), configs):
+        result = _run_once(data, config, keep)
         rows.append({"seed": seed, **result.metrics, "seconds": sum(result.timings.values())})
         history += [{"seed": seed, **h} for h in result.history]
         if keep:
@@ -221,20 +226,110 @@ def _run_once(data: Data, config: RunConfig, keep: bool) -> RunResult:
     return result
 
 
+def default_workers(data: Data, device: str = "cpu") -> int:
+    """Processes for `prefetch`: one per CPU core when both splits' features fit in 1 GiB (each
+    process loads its own copy), else one; one on CUDA, where a run already fills the device.
+    A stage-1 step of the quick profile runs 1.2x faster on two threads than on one, so two
+    one-thread processes make runs about 1.6x faster than one two-thread process."""
+    size = data.train.features.nbytes + data.test.features.nbytes
+    if torch.device(device).type != "cpu" or size > 2**30:
+        return 1
+    return os.cpu_count() or 1
+
+
+def prefetch(data: Data, configs, *, keep: bool = False, workers: int | None = None, progress: bool = False) -> int:
+    """Make what `configs` still lack in `workers` processes, side by side, into `data.cache`:
+    each whole run (keep=False) or, for keep=True, only its stage-1 model (the models, scores
+    and arrays that keep=True returns stay in the calling process, which then runs stage 2).
+
+    Runs that share a stage-1 model go to one process, one after another, so no f_g is trained
+    twice. Every process runs the same code on the same bank with the same seeds, so the
+    results are those of the calling process, up to float rounding where thread counts differ.
+    Does nothing without a disk cache, with one worker or with fewer than two jobs.
+    returns: the number of jobs made.
+    """
+    configs = list(configs)
+    if not configs or data.cache is None:
+        return 0
+    workers = default_workers(data, configs[0].device) if workers is None else workers
+    jobs: dict[tuple, list[dict]] = {}
+    for config in configs:
+        key = stage1_key(config)
+        if key in data.generators or _cached(data, "f_g", key).is_file():
+            if keep:
+                continue
+            run_key = json.dumps(to_dict(config), sort_keys=True)
+            if run_key in data.runs or _cached(data, "run", run_key).is_file():
+                continue
+        group = jobs.setdefault(key, [])
+        if not (keep and group):
+            group.append(to_dict(config))
+    if workers <= 1 or len(jobs) < 2:
+        return 0
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = min(workers, len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    start = (str(data.path), data.modality, str(data.cache), threads)
+    # spawn: a forked child of a process that has started OpenMP threads can hang
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_start, initargs=start) as pool:
+        futures = [pool.submit(_worker_job, group, keep) for group in jobs.values()]
+        for future in _bar(as_completed(futures), progress, total=len(futures), desc=f"{workers} processes"):
+            future.result()
+    return len(jobs)
+
+
+_WORKER: dict = {}
+
+
+def _worker_start(path: str, modality: str, cache: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["data"] = load_data(path, modality=modality, cache=cache)
+
+
+def _worker_job(configs: list[dict], keep: bool) -> None:
+    from cupl.config import from_dict
+    from cupl.train import stage1
+
+    data = _WORKER["data"]
+    for saved in configs:
+        config = from_dict(saved)
+        if keep:
+            key = stage1_key(config)
+            if _load_stage1(data, key, config) is None:
+                _store_stage1(data, key, stage1(config, data.train))
+        else:
+            _run_once(data, config, keep=False)
+
+
 def grid(data: Data, name: str, values, seeds, *, key: str | None = None, variant: str = "full",
-         profile: str = "quick", preset: str | None = None, progress: bool = True, **overrides) -> pd.DataFrame:
+         profile: str = "quick", preset: str | None = None, progress: bool = True, workers: int | None = None,
+         **overrides) -> pd.DataFrame:
     """One row per (value, seed): a hyperparameter sweep (K, alpha, R, j) or the variants of Table 4.
 
     name: the column name; key: the dotted config key set to each value (None when `values`
-    are variant names, as for the ablation).
+    are variant names, as for the ablation). workers: as in `run_seeds`, over the whole grid.
     """
-    frames = []
-    for value in _bar(list(values), progress, desc=name):
+    values = list(values)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    preset = preset or data.preset
+
+    def settings(value):
         extra = dict(overrides)
         if key is not None:
             extra[key] = value
-        runs, _ = run_seeds(data, seeds, preset=preset, profile=profile,
-                            variant=value if key is None else variant, **extra)
+        return value if key is None else variant, extra
+
+    prefetch(data, [make_config(preset, profile, v, seed=seed, **extra)
+                    for v, extra in map(settings, values) for seed in seed_list],
+             workers=workers, progress=progress)
+    frames = []
+    for value in _bar(values, progress, desc=name):
+        row_variant, extra = settings(value)
+        runs, _ = run_seeds(data, seed_list, preset=preset, profile=profile, variant=row_variant, workers=1,
+                            **extra)
         runs.insert(0, name, value)
         frames.append(runs)
     return pd.concat(frames, ignore_index=True)
@@ -356,5 +451,5 @@ def _bar(iterable, progress: bool, **kw):
     return tqdm(iterable, **kw)
 
 
-__all__ = ["Data", "load_data", "resolve_bank", "stage1_key", "run_seeds", "grid", "summarize", "mean_pm", "gain",
-           "paper_verdict", "best_setting", "paper_table", "example_videos", "RunConfig", "RunResult"]
+__all__ = ["Data", "load_data", "resolve_bank", "stage1_key", "run_seeds", "prefetch", "default_workers", "grid",
+           "summarize", "mean_pm", "gain", "paper_verdict", "best_setting", "paper_table", "example_videos", "RunConfig", "RunResult"]

@@ -353,7 +353,7 @@ def _run(config, train, test, oracle, progress, keep_arrays, device, generator_m
     train = timed("load", prepare_split, train, config.crops, device, dtype)
     test = timed("load", prepare_split, test, config.crops, device, dtype)
     if generator_model is None:
-        f_g = timed("stage1", train_generator, train, config.generator, generator=gen, amp=amp, progress=progress)
+        f_g = timed("stage1", _stage1, config, train, gen, progress)
     else:
         f_g = generator_model.to(device).eval()
         timings["stage1"] = 0.0
@@ -384,6 +384,26 @@ def _run(config, train, test, oracle, progress, keep_arrays, device, generator_m
         model, window = f_c, st.window
     return RunResult(to_dict(config), dict(history[-1]), history, timings, f_g.cpu(), f_c.cpu(), scores.cpu(), arrays,
                      peak_memory)
+
+
+def _stage1(config: RunConfig, train: Split, gen: torch.Generator, progress: bool) -> MultiHeadClassifier:
+    """Stage 1 of `run`, called with the streams seeded from `config.seed` and nothing drawn yet."""
+    return train_generator(train, config.generator, generator=gen, amp=config.amp, progress=progress)
+
+
+def stage1(config: RunConfig, train: Split, *, progress: bool = False) -> MultiHeadClassifier:
+    """Stage 1 alone, the f_g that `run(config, train, ...)` trains (same seeded streams), on the CPU.
+
+    Lets stage-1 models be trained ahead, elsewhere, and passed to `run` as `generator_model`.
+    """
+    config.validate()
+    check_finite("train features", train.features)
+    device = torch.device(config.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        gen = torch.Generator().manual_seed(config.seed)
+        split = prepare_split(train, config.crops, device, feature_dtype(device, config.amp))
+        return _stage1(config, split, gen, progress).cpu()
 
 
 def _is_out_of_memory(err: RuntimeError) -> bool:

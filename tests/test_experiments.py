@@ -4,6 +4,8 @@ disk), summaries, verdicts and the example videos, on the toy data of `tests/toy
 from __future__ import annotations
 
 import math
+import os
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,7 @@ from cupl import experiments as ex
 from cupl.config import make_config
 from cupl.data.bank import VideoData, write_bank
 from cupl.data.split import Split
-from cupl.train import train_generator
+from cupl.train import run, stage1, train_generator
 from toy import toy_split
 
 TINY = {"generator.steps": 30, "generator.batch_size": 4, "generator.mc_passes": 4, "clip.epochs": 1,
@@ -112,12 +114,12 @@ def test_one_head_trains_the_same_generator_with_or_without_diversity():
 def test_run_seeds_reuses_stage1_from_disk_in_a_new_process_state(bank, tmp_path):
     cache = tmp_path / "cache"
     first = ex.load_data(bank, cache=cache)
-    runs, history, results = ex.run_seeds(first, [0, 1], profile="smoke", keep=True, **TINY)
+    runs, history, results = ex.run_seeds(first, [0, 1], profile="smoke", keep=True, workers=1, **TINY)
     assert len(list(cache.glob("f_g-*"))) == 2 and len(list(cache.glob("run-*"))) == 2
     assert all(r.timings["stage1"] > 0 for r in results)
     again = ex.load_data(bank, cache=cache)  # a fresh Data: nothing in memory
     # keep=True needs models and arrays, so the runs are made again, from the stored stage 1
-    runs2, history2, results2 = ex.run_seeds(again, [0, 1], profile="smoke", keep=True, **TINY)
+    runs2, history2, results2 = ex.run_seeds(again, [0, 1], profile="smoke", keep=True, workers=1, **TINY)
     assert all(r.timings["stage1"] == 0.0 for r in results2)
     pd.testing.assert_frame_equal(runs.drop(columns="seconds"), runs2.drop(columns="seconds"))
     pd.testing.assert_frame_equal(history, history2)
@@ -126,7 +128,7 @@ def test_run_seeds_reuses_stage1_from_disk_in_a_new_process_state(bank, tmp_path
 
 def test_run_seeds_reuses_whole_runs_from_disk(bank, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    runs, history = ex.run_seeds(ex.load_data(bank, cache=cache), [0, 1], profile="smoke", **TINY)
+    runs, history = ex.run_seeds(ex.load_data(bank, cache=cache), [0, 1], profile="smoke", workers=1, **TINY)
 
     def no_training(*args, **kwargs):
         raise AssertionError("the run should have come from the cache")
@@ -163,6 +165,50 @@ def test_a_repeated_configuration_is_run_once(bank):
     assert again is first
     _, _, (other,) = ex.run_seeds(data, [0], profile="smoke", keep=True, **TINY, **{"self_train.ratio": 0.4})
     assert other is not first and other.generator is first.generator  # stage 1 shared
+
+
+def test_stage1_alone_is_the_generator_a_run_trains(bank):
+    data = ex.load_data(bank, cache=None)
+    config = make_config("ucf", "smoke", seed=4, **TINY)
+    whole = run(config, data.train, data.test, progress=False)
+    alone = stage1(config, data.train)
+    for a, b in zip(whole.generator.state_dict().values(), alone.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_grid_in_two_processes_gives_the_one_process_results(bank, tmp_path):
+    values, settings = [0.3, 0.6], dict(key="self_train.ratio", profile="smoke", progress=False, **TINY)
+    alone = ex.grid(ex.load_data(bank, cache=tmp_path / "one"), "R", values, [0, 1], workers=1, **settings)
+    data = ex.load_data(bank, cache=tmp_path / "two")
+    configs = [make_config("ucf", "smoke", seed=s, **TINY, **{"self_train.ratio": r}) for r in values for s in (0, 1)]
+    # the two values of R share each seed's stage 1: two jobs, one per seed
+    assert ex.prefetch(data, configs, workers=2) == 2
+    assert len(list((tmp_path / "two").glob("f_g-*"))) == 2 and len(list((tmp_path / "two").glob("run-*"))) == 4
+    assert ex.prefetch(data, configs, workers=2) == 0  # nothing left to make
+    side_by_side = ex.grid(data, "R", values, [0, 1], workers=2, **settings)
+    pd.testing.assert_frame_equal(alone.drop(columns="seconds"), side_by_side.drop(columns="seconds"),
+                                  check_exact=False, atol=1e-6)
+
+
+def test_prefetch_for_kept_runs_makes_only_the_stage1_models(bank, tmp_path):
+    cache = tmp_path / "cache"
+    data = ex.load_data(bank, cache=cache)
+    configs = [make_config("ucf", "smoke", seed=s, **TINY) for s in (0, 1)]
+    assert ex.prefetch(data, configs, keep=True, workers=2) == 2
+    assert len(list(cache.glob("f_g-*"))) == 2 and not list(cache.glob("run-*"))
+    _, _, results = ex.run_seeds(data, [0, 1], profile="smoke", keep=True, workers=2, **TINY)
+    assert all(r.timings["stage1"] == 0.0 for r in results)  # both came from the other processes
+    own = run(configs[1], data.train, data.test, progress=False)
+    torch.testing.assert_close(results[1].test_scores, own.test_scores, atol=1e-6, rtol=0)
+
+
+def test_default_workers(bank):
+    data = ex.load_data(bank, cache=None)
+    assert ex.default_workers(data, "cuda") == 1
+    assert ex.default_workers(data, "cpu") == (os.cpu_count() or 1)
+    big = SimpleNamespace(features=torch.zeros(1).expand(2**28, 2))  # 2 GiB, never allocated
+    assert ex.default_workers(SimpleNamespace(train=big, test=data.test), "cpu") == 1
+    assert ex.prefetch(data, [make_config("ucf", "smoke", **TINY)], workers=2) == 0  # no disk cache
 
 
 # ---------------------------------------------------------------- summaries and verdicts

@@ -11,10 +11,12 @@ every setting stage 1 reads for a generator and the whole configuration for a ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -66,6 +68,7 @@ class Data:
     cache: Path | None = None  # stage-1 models and run results shared between processes; None: memory only
     runs: dict = field(default_factory=dict)  # whole runs by configuration: a sweep's default point is another's
     modality: str = "rgb"  # the features `train` and `test` hold
+    pool: tuple | None = field(default=None, repr=False, compare=False)  # (workers, executor) of `prefetch`
 
     @cached_property
     def digest(self) -> str:
@@ -238,7 +241,8 @@ def default_workers(data: Data, device: str = "cpu") -> int:
 
 
 def prefetch(data: Data, configs, *, keep: bool = False, workers: int | None = None, progress: bool = False) -> int:
-    """Make what `configs` still lack in `workers` processes, side by side, into `data.cache`:
+    """Make what `configs` still lack in `workers` processes side by side (started once per `data`
+    and kept for later calls), into `data.cache`:
     each whole run (keep=False) or, for keep=True, only its stage-1 model (the models, scores
     and arrays that keep=True returns stay in the calling process, which then runs stage 2).
 
@@ -266,19 +270,58 @@ def prefetch(data: Data, configs, *, keep: bool = False, workers: int | None = N
             group.append(to_dict(config))
     if workers <= 1 or len(jobs) < 2:
         return 0
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    workers = min(workers, len(jobs))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    start = (str(data.path), data.modality, str(data.cache), threads)
-    # spawn: a forked child of a process that has started OpenMP threads can hang
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_start, initargs=start) as pool:
-        futures = [pool.submit(_worker_job, group, keep) for group in jobs.values()]
-        for future in _bar(as_completed(futures), progress, total=len(futures), desc=f"{workers} processes"):
+    pool = _pool(data, workers)
+    with _main_hidden():  # workers start on submit
+        futures = {pool.submit(_worker_job, group, keep): group for group in jobs.values()}
+    for future in _bar(as_completed(futures), progress, total=len(futures), desc=f"{workers} processes"):
+        try:
             future.result()
+        except BrokenProcessPool as err:
+            data.pool = None
+            raise RuntimeError(f"prefetch: a worker process died (out of memory?); run with workers=1 "
+                               f"to make the runs in this process ({err})") from err
+        except Exception as err:
+            config = futures[future][0]
+            raise RuntimeError(f"prefetch: the run with seed {config['seed']} and generator "
+                               f"{config['generator']} failed in a worker process: {err}") from err
     return len(jobs)
+
+
+def _pool(data: Data, workers: int):
+    """The processes of `data`, started once and kept for later sweeps: starting one costs
+    seconds (torch, the package and the bank are loaded again)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if data.pool is not None and data.pool[0] == workers:
+        return data.pool[1]
+    if data.pool is not None:
+        data.pool[1].shutdown()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn: a forked child of a process that has started OpenMP threads can hang
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+                               initargs=(str(data.path), data.modality, str(data.cache), threads))
+    data.pool = (workers, pool)
+    return pool
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Spawned processes run the caller's main script again before their work, unless it is
+    hidden; the workers need nothing from it, and a script without an
+    ``if __name__ == "__main__":`` guard would start its own work again in each of them."""
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 _WORKER: dict = {}

@@ -188,6 +188,8 @@ def test_grid_in_two_processes_gives_the_one_process_results(bank, tmp_path):
     side_by_side = ex.grid(data, "R", values, [0, 1], workers=2, **settings)
     pd.testing.assert_frame_equal(alone.drop(columns="seconds"), side_by_side.drop(columns="seconds"),
                                   check_exact=False, atol=1e-6)
+    assert data.pool[0] == 2  # the processes stay for the next sweep
+    data.pool[1].shutdown()
 
 
 def test_prefetch_for_kept_runs_makes_only_the_stage1_models(bank, tmp_path):
@@ -200,6 +202,16 @@ def test_prefetch_for_kept_runs_makes_only_the_stage1_models(bank, tmp_path):
     assert all(r.timings["stage1"] == 0.0 for r in results)  # both came from the other processes
     own = run(configs[1], data.train, data.test, progress=False)
     torch.testing.assert_close(results[1].test_scores, own.test_scores, atol=1e-6, rtol=0)
+    data.pool[1].shutdown()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_failing_in_a_worker_is_named(bank, tmp_path):
+    data = ex.load_data(bank, cache=tmp_path / "cache")
+    configs = [make_config("ucf", "smoke", seed=s, device="cuda", **TINY) for s in (0, 1)]
+    with pytest.raises(RuntimeError, match=r"prefetch: the run with seed [01] and generator .* failed in a worker"):
+        ex.prefetch(data, configs, workers=2)
+    data.pool[1].shutdown()
 
 
 def test_default_workers(bank):
@@ -314,3 +326,42 @@ def test_iteration_j_of_a_run_is_the_final_model_of_a_run_with_j_iterations(bank
         row = longer[longer["iteration"] == j].iloc[0]
         for metric in ("auc", "ap", "pr_auc", "label_auc"):
             assert runs[metric].iloc[0] == row[metric]
+
+
+def test_fc_budget_table(bank, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fc_budget.py"
+    spec = importlib.util.spec_from_file_location("bench_fc_budget", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = ex.load_data(bank, cache=None)
+    table = module.measure(data, ["uncertainty"], [1, 2], [0, 1], "smoke")
+    assert list(table["epochs"]) == [1, 1, 1, 2, 2, 2] and list(table["j"]) == [1, 2, 3] * 2
+    _, history = ex.run_seeds(data, [0, 1], profile="smoke", variant="uncertainty", **{"clip.epochs": 2})
+    last = history.loc[history["iteration"] == 3, "auc"] * 100
+    assert table["AUC (%)"].iloc[-1] == f"{last.mean():.2f} ± {last.std():.2f}"
+    assert "event clips among the selected (%)" in table  # the toy bank has an oracle
+    assert module.markdown(table).count("\n") == len(table) + 1
+
+
+def test_a_script_without_main_guard_runs_its_work_once(bank, tmp_path):
+    # spawned workers would run such a script again, each starting the same sweep in turn
+    import subprocess
+    import sys
+
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        "import sys\n"
+        "from cupl import experiments as ex\n"
+        "from cupl.config import make_config\n"
+        f"data = ex.load_data({str(bank)!r}, cache={str(tmp_path / 'cache')!r})\n"
+        f"tiny = {TINY!r}\n"
+        "configs = [make_config('ucf', 'smoke', seed=s, **tiny) for s in (0, 1)]\n"
+        "print('made', ex.prefetch(data, configs, workers=2), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("made") == 1 and "made 2" in done.stderr

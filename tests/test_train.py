@@ -10,7 +10,7 @@ from cupl.config import make_config
 from cupl.evaluate import evaluate_scores
 from cupl.mining import context_features, reliable_indices, temporal_context
 from cupl.models import ClipClassifier, MultiHeadClassifier
-from cupl.train import pseudo_labels, run, score_clips, select_reliable
+from cupl.train import memory_table, pseudo_labels, run, score_clips, select_reliable, train_clip_classifier
 from cupl.uncertainty import mc_dropout
 from toy import toy_split
 
@@ -217,3 +217,48 @@ def test_score_clips_by_video_equals_split(data):
             expected = torch.sigmoid(f_c(temporal_context(test.features[a:b], 5))).mean(dim=1)
         torch.testing.assert_close(scores[a:b], expected)
     assert np.isfinite(scores.numpy()).all()
+
+
+def plain_memory(split, window: int) -> np.ndarray:
+    """[N, C, D] mean of the w previous clips of the same video, c_0 itself at a video's start."""
+    feats, off = split.features.numpy().astype(np.float64), split.offsets.tolist()
+    out = np.empty_like(feats)
+    for a, b in zip(off[:-1], off[1:]):
+        for t in range(b - a):
+            out[a + t] = feats[a] if t == 0 else feats[a + max(0, t - window):a + t].mean(axis=0)
+    return out
+
+
+def test_memory_table_of_selected_clips_by_hand(data):
+    train, _, _ = data
+    rows = torch.tensor([0, 1, 2, 7, 30, train.num_clips - 1])
+    table = memory_table(train, rows, window=3, chunk=5)  # 2 clips of 2 crops per chunk
+    expected = torch.from_numpy(plain_memory(train, 3)[rows.numpy()]).float()
+    torch.testing.assert_close(table, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_clip_classifier_equals_a_plain_loop_on_built_temporal_features(data):
+    train, _, _ = data
+    cfg = make_config("ucf", "smoke", **{"clip.epochs": 2, "clip.batch_size": 37, "clip.hidden": (8, 4)}).clip
+    g = torch.Generator().manual_seed(0)
+    labels, selected = torch.rand(train.num_clips, generator=g), torch.rand(train.num_clips, generator=g) < 0.5
+    torch.manual_seed(5)
+    model = train_clip_classifier(train, labels, selected, cfg, 3, generator=torch.Generator().manual_seed(1))
+    # the plain loop: every (selected clip, crop) a sample, temporal features built in numpy
+    built = torch.from_numpy(np.concatenate([train.features.numpy(), plain_memory(train, 3)], -1)).float()
+    rows = torch.nonzero(selected).flatten()
+    crops = train.features.shape[1]
+    sample_rows, sample_crops = rows.repeat_interleave(crops), torch.arange(crops).repeat(len(rows))
+    torch.manual_seed(5)
+    ref = ClipClassifier(built.shape[-1], cfg.hidden, cfg.dropout)
+    opt = torch.optim.Adam(ref.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(cfg.epochs):
+        for batch in torch.randperm(len(sample_rows), generator=gen).split(cfg.batch_size):
+            r, c = sample_rows[batch], sample_crops[batch]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(ref(built[r, c]), labels[r])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -95,7 +95,16 @@ def test_float32_storage_is_exact(tmp_path):
         np.testing.assert_array_equal(bank.features("N1"), videos[1].features["rgb"])
 
 
-def test_load_split_concatenates_in_list_order(bank_path):
+# 1 byte: every run of the reader holds as many rows as the longest video, so videos are
+# read one or a few at a time; the default reads each split in one run
+@pytest.fixture(params=[1, None], ids=["one video a run", "one run"])
+def read_chunk(request, monkeypatch):
+    if request.param is not None:
+        monkeypatch.setattr("cupl.data.bank.READ_CHUNK_BYTES", request.param)
+    return request.param
+
+
+def test_load_split_concatenates_in_list_order(bank_path, read_chunk):
     written = videos_fixture()
     with FeatureBank.open(bank_path) as bank:
         train = bank.load_split("train")
@@ -115,7 +124,7 @@ def test_load_split_concatenates_in_list_order(bank_path):
                                                                  written[1].oracle_clip_labels]))
 
 
-def test_audio_fusion_keeps_the_common_prefix(tmp_path):
+def test_audio_fusion_keeps_the_common_prefix(tmp_path, read_chunk):
     videos = [make_video("A1", clips=5, seed=1, audio_clips=5, oracle=True),
               make_video("N1", clips=6, label=0, seed=2, audio_clips=4, oracle=True),
               make_video("A2", "test", clips=3, seed=3, audio_clips=3)]

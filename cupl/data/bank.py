@@ -42,6 +42,8 @@ CHUNK_CLIPS = 64
 # lzf over gzip: lzf decompresses 2-3x faster and float16 features compress little either
 # way (`benchmarks/bank_io.py`, book/data.md).
 COMPRESSION = "lzf"
+# Host memory a split is read through, per buffer (two on CUDA).
+READ_CHUNK_BYTES = 256 * 2**20
 
 
 class BankError(ValueError):
@@ -399,8 +401,11 @@ class FeatureBank:
         C crops and concatenates it on D: [N, C, D + Da]. Where a video's rgb and audio
         streams differ in length, only their common prefix of min(T_rgb, T_audio) clips is
         kept (real audio and visual features are extracted at different rates).
-        Test splits carry `frame_labels`. Each video is read straight into one
-        preallocated array.
+        Test splits carry `frame_labels`. Videos are read in runs of about `READ_CHUNK_BYTES`
+        (`_read_chunks`) and converted to `dtype` on `device`, into one tensor allocated there:
+        on CUDA from pinned memory, the next run read while the last one is copied, and no
+        float32 or whole-split copy on the host; on the CPU without a stored-dtype copy of the
+        whole split.
         """
         table = self._table(split)
         names = table["names"]
@@ -408,16 +413,19 @@ class FeatureBank:
             raise BankError(f"{self.path}: split {split!r} has no videos")
         parts = self._parts(modality)
         lengths = np.minimum.reduce([table[f"clips_{m}"] for m in parts])
-        arrays = [self._read_split(split, m, lengths, progress) for m in parts]
-        feats = torch.from_numpy(arrays[0]).to(dtype)
-        if len(arrays) == 2:
-            audio = torch.from_numpy(arrays[1]).to(dtype)
-            feats = torch.cat([feats, audio.expand(-1, feats.shape[1], -1)], dim=-1)
+        device = torch.device(device)
+        shapes = [self._file[f"{split}/{names[0]}/{m}"].shape[1:] for m in parts]
+        crops, dims = shapes[0][0], [shape[1] for shape in shapes]
+        feats = torch.empty((int(lengths.sum()), crops, sum(dims)), dtype=dtype, device=device)
+        # audio [T, 1, Da] is broadcast over the crops by the assignment
+        for m, lo_dim, dim in zip(parts, np.cumsum([0, *dims[:-1]]), dims):
+            for lo, hi, x in self._read_chunks(split, m, lengths, device, progress):
+                feats[lo:hi, :, lo_dim:lo_dim + dim] = x
         offsets = torch.zeros(len(names) + 1, dtype=torch.long)
         offsets[1:] = torch.from_numpy(np.cumsum(lengths))
         frame_labels = [self.frame_labels(n) for n in names] if split == "test" else None
         return Split(
-            features=feats.to(device),
+            features=feats,
             offsets=offsets.to(device),
             labels=torch.as_tensor(table["labels"], dtype=torch.long, device=device),
             names=list(names),
@@ -450,22 +458,47 @@ class FeatureBank:
             raise BankError(f"{self.path}: bank has modalities {self.attrs['modalities']}, not {missing}")
         return parts
 
-    def _read_split(self, split: str, modality: str, lengths: np.ndarray, progress) -> np.ndarray:
-        """[sum(lengths), C, D] in the stored dtype, video v's first lengths[v] clips in order."""
+    def _read_chunks(self, split: str, modality: str, lengths: np.ndarray, device: torch.device, progress):
+        """Yield (lo, hi, x) over runs of whole videos: x [hi - lo, C, D] are rows lo..hi of the
+        split (video v's first lengths[v] clips, in list order) on `device`, in the stored dtype.
+
+        A run fills about `READ_CHUNK_BYTES` (or one video, if longer). On CUDA two pinned
+        buffers alternate, and a buffer is refilled only after its copy to the device ended.
+        x is only valid until the next run is read.
+        """
         from tqdm import tqdm
 
         import h5py
 
         names = self._tables[split]["names"]
         first = self._file[f"{split}/{names[0]}/{modality}"]
-        out = np.empty((int(lengths.sum()), *first.shape[1:]), dtype=first.dtype)
-        start = 0
-        for name, n in tqdm(list(zip(names, lengths)), disable=not progress, unit="video",
-                            desc=f"{split} {modality}"):
-            ds = self._file[f"{split}/{name}/{modality}"]
-            if ds.shape[0] == n:   # whole dataset: the low-level read skips building selections
-                ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, out[start:start + n])
-            else:
-                ds.read_direct(out, source_sel=np.s_[:n], dest_sel=np.s_[start:start + n])
-            start += n
-        return out
+        row_bytes = first.dtype.itemsize * int(np.prod(first.shape[1:]))
+        rows = max(int(lengths.max()), READ_CHUNK_BYTES // row_bytes)
+        stored = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
+        pinned = device.type == "cuda"
+        buffers = [torch.empty((rows, *first.shape[1:]), dtype=stored, pin_memory=pinned)
+                   for _ in range(2 if pinned else 1)]
+        copied = [None] * len(buffers)
+        bar = tqdm(total=len(names), disable=not progress, unit="video", desc=f"{split} {modality}")
+        lo, video, run = 0, 0, 0
+        while video < len(names):
+            slot = run % len(buffers)
+            if copied[slot] is not None:
+                copied[slot].synchronize()
+            host, filled = buffers[slot].numpy(), 0
+            while video < len(names) and filled + lengths[video] <= rows:
+                n = int(lengths[video])
+                ds = self._file[f"{split}/{names[video]}/{modality}"]
+                if ds.shape[0] == n:  # whole dataset: the low-level read skips building selections
+                    ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, host[filled:filled + n])
+                else:
+                    ds.read_direct(host, source_sel=np.s_[:n], dest_sel=np.s_[filled:filled + n])
+                filled, video = filled + n, video + 1
+                bar.update()
+            x = buffers[slot][:filled].to(device, non_blocking=True)
+            if pinned:
+                copied[slot] = torch.cuda.Event()
+                copied[slot].record()
+            yield lo, lo + filled, x
+            lo, run = lo + filled, run + 1
+        bar.close()

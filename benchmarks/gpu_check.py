@@ -416,6 +416,12 @@ def markdown_report(report: dict) -> str:
             lines += ["", f"One f_c batch of {gather['batch']} temporal features: one embedding_bag for the memory "
                           f"{gather['embedding_bag_ms']:.2f} ms, gather of the w rows and a masked sum "
                           f"{gather['index_select_ms']:.2f} ms (max |difference| {gather['max_abs_diff']:.1e})."]
+        inputs = p.get("fc_inputs") or {}
+        if "table_s" in inputs:
+            lines += ["", f"Inputs of one iteration's f_c training ({inputs['epochs']} epochs of {inputs['samples']:,} "
+                          f"samples): built per batch {inputs['per_batch_s']:.2f} s, from a memory table of the "
+                          f"selected clips {inputs['table_s']:.2f} s (building it {inputs['table_build_s']:.2f} s), "
+                          f"max |difference| {inputs['max_abs_diff']:.1e}."]
         paths = p.get("fc_first_layer") or {}
         if "built_s" in paths:
             lines += ["", f"f_c's first layer over the training split (the MC-Dropout pass): temporal inputs built "
@@ -589,6 +595,7 @@ def _pipeline(args, state, record, check):
                   fc_first_layer=_first_layer_paths(out["result"], state["train"], config, check),
                   stage1_graph=_stage1_graph(state["train"], config, check),
                   context_gather=_context_gather(state["train"], config, check),
+                  fc_inputs=_fc_inputs(state["train"], config, check),
                   steps={"stage1": config.generator.steps,
                          "f_c per iteration": [config.clip.epochs * math.ceil(h["selected"] * args.crops
                                                                               / config.clip.batch_size)
@@ -669,6 +676,21 @@ def _context_gather(train, config, check, repeats: int = 20) -> dict:
         return {"error": f"{type(err).__name__}: {err}"}
     check.log(f"  one f_c batch of {b} temporal features: embedding_bag {out['embedding_bag_ms']:.2f} ms, "
               f"gather and masked sum {out['index_select_ms']:.2f} ms, max |difference| {diff:.1e}")
+    return out
+
+
+def _fc_inputs(train, config, check) -> dict:
+    """The inputs of one iteration's f_c training, built per batch against from a memory table
+    of the selected clips (`pipeline.fc_input_paths`)."""
+    try:
+        out = pipeline.fc_input_paths(train, config.self_train.window, config.clip.batch_size,
+                                      config.self_train.ratio, config.clip.epochs)
+    except Exception as err:  # a side measurement: its failure must not fail the pipeline step
+        check.log(f"  f_c inputs: FAILED: {type(err).__name__}: {err}")
+        return {"error": f"{type(err).__name__}: {err}"}
+    check.log(f"  f_c inputs per iteration: built per batch {out['per_batch_s']:.2f} s, from a memory table "
+              f"{out['table_s']:.2f} s (building it {out['table_build_s']:.2f} s), "
+              f"max |difference| {out['max_abs_diff']:.1e}")
     return out
 
 

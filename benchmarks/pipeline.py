@@ -247,6 +247,61 @@ def first_layer_paths(model, split, window: int, batch_size: int, amp: bool, rep
     return {"built_s": min(b for b, _ in runs), "projected_s": min(p for _, p in runs), "max_abs_diff": diff}
 
 
+def fc_input_paths(split, window: int, batch_size: int, ratio: float = 0.5, epochs: int = 10, seed: int = 0,
+                   repeats: int = 2) -> dict:
+    """The inputs of f_c's training in one iteration ([b, 2D] temporal features of shuffled
+    (clip, crop) samples of a random `ratio` of the clips, `epochs` times), the two ways.
+
+    per batch: `context_features` of each batch, w + 1 gathered rows per sample (before);
+    table:     `memory_table` of the selected clips once per iteration, then two gathered rows
+               per sample (`cupl.train.train_clip_classifier`).
+    One epoch of each is timed (best of `repeats`, interleaved) and scaled by `epochs`.
+    returns seconds per epoch, of building the table, per iteration each way, and max
+    |difference| of the inputs.
+    """
+    from cupl.mining import context_features
+    from cupl.train import memory_table
+
+    features, device = split.features, split.features.device
+    crops = features.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.nonzero(torch.rand(split.num_clips, generator=g) < ratio).flatten().to(device)
+    order = torch.randperm(len(rows) * crops, generator=g).to(device)
+    batches = order.split(batch_size)
+
+    def per_batch():
+        for batch in batches:
+            yield context_features(features, split.starts, rows[batch // crops], window, crop=batch % crops)
+
+    def from_table(table):
+        for batch in batches:
+            s, c = batch // crops, batch % crops
+            yield torch.cat([features[rows[s], c], table[s, c]], dim=-1)
+
+    def timed(make):
+        _sync(device)
+        start = time.perf_counter()
+        made = make()
+        _sync(device)
+        return time.perf_counter() - start, made
+
+    with torch.no_grad():
+        table = memory_table(split, rows, window)
+        diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(per_batch(), from_table(table)))
+        del table
+        runs = []
+        for _ in range(repeats):  # interleaved, against drifting load
+            before, _ = timed(lambda: [x.sum() for x in per_batch()])
+            build, table = timed(lambda: memory_table(split, rows, window))
+            after, _ = timed(lambda: [x.sum() for x in from_table(table)])
+            del table
+            runs.append((before, build, after))
+    before, build, after = (min(r[i] for r in runs) for i in range(3))
+    return {"samples": len(order), "batch_size": batch_size, "epochs": epochs, "per_batch_epoch_s": before,
+            "table_build_s": build, "table_epoch_s": after, "per_batch_s": epochs * before,
+            "table_s": build + epochs * after, "max_abs_diff": diff}
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -327,12 +382,15 @@ def main(argv=None) -> int:
     out = run_pipeline(config, train, test, peak_tflops=peak, progress=args.progress)
     f_c = out["result"].classifier.to(device)
     paths = first_layer_paths(f_c, train, config.self_train.window, config.eval_batch_size, amp)
+    inputs = fc_input_paths(train, config.self_train.window, config.clip.batch_size, config.self_train.ratio,
+                            config.clip.epochs)
     info = machine(device)
     info["load_average_before"] = [round(x, 2) for x in load_before]
     report = {
         "machine": info, "bank": str(bank), "profile": args.profile, "preset": args.preset, "amp": amp,
         "sizes": sizes(train, test), "read_bank_s": read_s, "peak_tflops": peak, "peak": peak_what,
         "measured_matmul_tflops": measured, "peak_rss_bytes": peak_rss_bytes(), "fc_first_layer": paths,
+        "fc_inputs": inputs,
         **{k: v for k, v in out.items() if k != "result"},
     }
     print(describe(report))
@@ -368,6 +426,12 @@ def footer(report: dict) -> str:
         lines.append(f"f_c's first layer over the train split (as in MC-Dropout): temporal inputs built "
                      f"{paths['built_s']:.3f} s, clips projected once {paths['projected_s']:.3f} s "
                      f"({paths['built_s'] / paths['projected_s']:.2f}x), max |difference| {paths['max_abs_diff']:.1e}")
+    inputs = report.get("fc_inputs")
+    if inputs and "per_batch_s" in inputs:
+        lines.append(f"inputs of f_c's training per iteration ({inputs['epochs']} epochs of {inputs['samples']:,} "
+                     f"samples, batch {inputs['batch_size']}): built per batch {inputs['per_batch_s']:.3f} s, from a "
+                     f"memory table {inputs['table_s']:.3f} s (building it {inputs['table_build_s']:.3f} s; "
+                     f"{inputs['per_batch_s'] / inputs['table_s']:.2f}x), max |difference| {inputs['max_abs_diff']:.1e}")
     if report["peak_memory_bytes"]:
         lines.append(f"peak CUDA memory allocated: {max(report['peak_memory_bytes'].values()) / 2**30:.2f} GiB")
     return "\n".join(lines)

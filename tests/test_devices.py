@@ -330,6 +330,8 @@ def test_gpu_check_runs_on_cpu_at_tiny_scale(gpu_check, tmp_path, capsys):
     assert steps["bank_io"]["full_gib"] > steps["bank_io"]["gib"] > 0
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "| pipeline | ok |" in markdown and "extrapolated linearly" in markdown.lower()
+    assert steps["pipeline"]["fc_inputs"]["max_abs_diff"] <= 1e-6
+    assert "from a memory table of the selected clips" in markdown
     # every progress line carries the clock and the seconds since start
     assert all(line.startswith("[") for line in printed.splitlines() if "gpu_check" in line or ": start" in line)
 
@@ -360,3 +362,12 @@ def test_gpu_check_stops_at_the_end_of_its_budget(gpu_check, tmp_path, monkeypat
     assert steps["plan"]["status"] == "ok"
     assert steps["generate"]["status"] == "failed" and "budget" in steps["generate"]["error"]
     assert all(steps[name]["status"] == "skipped" for name in gpu_check.STEPS[2:])
+
+
+def test_fc_input_paths_build_the_same_inputs(bench_pipeline, data):
+    train, _ = data
+    out = bench_pipeline.fc_input_paths(train, window=3, batch_size=7, ratio=0.5, epochs=4, repeats=1)
+    assert out["max_abs_diff"] <= 1e-6
+    assert out["samples"] % train.features.shape[1] == 0 and out["samples"] > 0
+    assert out["per_batch_s"] == pytest.approx(4 * out["per_batch_epoch_s"])
+    assert out["table_s"] == pytest.approx(out["table_build_s"] + 4 * out["table_epoch_s"])

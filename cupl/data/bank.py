@@ -39,9 +39,10 @@ BANK_VERSION = 1
 SPLITS = ("train", "test")
 REQUIRED_ATTRS = ("source", "feature_kind", "frames_per_clip", "crops", "modalities")
 CHUNK_CLIPS = 64
-# lzf over gzip: lzf decompresses 2-3x faster and float16 features compress little either
-# way (`benchmarks/bank_io.py`, book/data.md).
-COMPRESSION = "lzf"
+# None: float16 features barely compress (lzf files come out larger than uncompressed
+# contiguous ones, gzip 11 % smaller), and an uncompressed split reads 1.5x faster than lzf and
+# 5x faster than gzip (`benchmarks/bank_io.py`, book/data.md).
+COMPRESSION = None
 # Host memory a split is read through, per buffer (two on CUDA).
 READ_CHUNK_BYTES = 256 * 2**20
 
@@ -148,9 +149,9 @@ class _Writer:
         group.attrs.update(label=int(video.label), category=video.category,
                            num_frames=int(video.num_frames))
         for modality, array in features.items():
-            group.create_dataset(modality, data=array,
-                                 chunks=(min(CHUNK_CLIPS, array.shape[0]), *array.shape[1:]),
-                                 compression=self.compression)
+            # without a filter, a contiguous dataset is read with one call, no chunk index
+            chunks = (min(CHUNK_CLIPS, array.shape[0]), *array.shape[1:]) if self.compression else None
+            group.create_dataset(modality, data=array, chunks=chunks, compression=self.compression)
         if video.frame_labels is not None:
             group.create_dataset("frame_labels", data=np.asarray(video.frame_labels, np.uint8),
                                  compression=self.compression)

@@ -440,7 +440,11 @@ def _memory_advice(key: str, config: RunConfig, device: torch.device) -> str:
     value = config
     for part in knob.split("."):
         value = getattr(value, part)
-    return f"{key}: out of memory on {device}; lower {knob} (now {value}) to take fewer clips at a time"
+    advice = f"{key}: out of memory on {device}; lower {knob} (now {value}) to take fewer clips at a time"
+    if stage == "train":
+        advice += (f"; the memory table of the selected clips takes self_train.ratio "
+                   f"(now {config.self_train.ratio}) times the memory of the features")
+    return advice
 
 
 def configure_parser(p):

@@ -52,7 +52,9 @@ def pseudo_label_quality(labels: torch.Tensor, uncertainty: torch.Tensor, select
         "label_auc_selected": _auc(y[s], hard[s]),
         "label_mae": float(err.mean()),
         "label_mae_selected": float(err[s].mean()) if s.any() else float("nan"),
-        "unc_error_corr": float(spearmanr(u, err).statistic) if len(u) > 2 else float("nan"),
+        # undefined (NaN) when either side is constant, as when every label is exact
+        "unc_error_corr": (float(spearmanr(u, err).statistic) if len(u) > 2 and np.ptp(u) > 0 and np.ptp(err) > 0
+                           else float("nan")),
         "event_share": float(hard.mean()) if len(hard) else float("nan"),
         "event_share_selected": float(hard[s].mean()) if s.any() else float("nan"),
     }

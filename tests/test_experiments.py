@@ -214,12 +214,19 @@ def test_a_run_failing_in_a_worker_is_named(bank, tmp_path):
     data.pool[1].shutdown()
 
 
-def test_default_workers(bank):
+def test_default_workers(bank, monkeypatch):
+    monkeypatch.delenv("CUPL_WORKERS", raising=False)
     data = ex.load_data(bank, cache=None)
     assert ex.default_workers(data, "cuda") == 1
-    assert ex.default_workers(data, "cpu") == (os.cpu_count() or 1)
-    big = SimpleNamespace(features=torch.zeros(1).expand(2**28, 2))  # 2 GiB, never allocated
+    assert ex.default_workers(data, "cpu") == min(os.cpu_count() or 1, 4)
+    big = SimpleNamespace(features=torch.zeros(1).expand(2**26, 2))  # 512 MiB, never allocated
     assert ex.default_workers(SimpleNamespace(train=big, test=data.test), "cpu") == 1
+    monkeypatch.setenv("CUPL_WORKERS", "3")
+    assert ex.default_workers(data, "cuda") == 3
+    for bad in ("two", "0"):
+        monkeypatch.setenv("CUPL_WORKERS", bad)
+        with pytest.raises(ValueError, match="CUPL_WORKERS"):
+            ex.default_workers(data)
     assert ex.prefetch(data, [make_config("ucf", "smoke", **TINY)], workers=2) == 0  # no disk cache
 
 

@@ -269,9 +269,11 @@ def prefetch(data: Data, configs, *, keep: bool = False, workers: int | None = N
         return 0
     workers = default_workers(data, configs[0].device) if workers is None else workers
     jobs: dict[tuple, list[dict]] = {}
+    cost: dict[tuple, tuple] = {}
     for config in configs:
         key = stage1_key(config)
-        if key in data.generators or _cached(data, "f_g", key).is_file():
+        trained = key in data.generators or _cached(data, "f_g", key).is_file()
+        if trained:
             if keep:
                 continue
             run_key = json.dumps(to_dict(config), sort_keys=True)
@@ -280,8 +282,13 @@ def prefetch(data: Data, configs, *, keep: bool = False, workers: int | None = N
         group = jobs.setdefault(key, [])
         if not (keep and group):
             group.append(to_dict(config))
+        g, stage2 = config.generator, 0 if keep else config.self_train.iterations * config.clip.epochs
+        before = cost.get(key, (0 if trained else g.steps * g.batch_size * g.num_heads, 0))
+        cost[key] = (before[0], before[1] + stage2)
     if workers <= 1 or len(jobs) < 2:
         return 0
+    # the longest jobs first, so that no process is left with a long one while the others wait
+    jobs = dict(sorted(jobs.items(), key=lambda item: cost[item[0]], reverse=True))
     from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
 

@@ -205,6 +205,31 @@ def test_prefetch_for_kept_runs_makes_only_the_stage1_models(bank, tmp_path):
     data.pool[1].shutdown()
 
 
+def test_prefetch_submits_the_longest_jobs_first(bank, tmp_path, monkeypatch):
+    from concurrent.futures import Future
+
+    submitted = []
+
+    class Recorder:  # a pool that runs nothing and records the order of the jobs
+        def submit(self, fn, group, keep):
+            submitted.append([(c["generator"]["num_heads"], c["self_train"]["iterations"]) for c in group])
+            future = Future()
+            future.set_result(None)
+            return future
+
+    monkeypatch.setattr(ex, "_pool", lambda data, workers: Recorder())
+    data = ex.load_data(bank, cache=tmp_path / "cache")
+    heads = [make_config("ucf", "smoke", seed=0, **{**TINY, "generator.num_heads": k}) for k in (1, 3, 2)]
+    assert ex.prefetch(data, heads, workers=2) == 3
+    assert submitted == [[(3, 2)], [(2, 2)], [(1, 2)]]  # stage 1 costs K heads
+    submitted.clear()
+    data.generators.update({ex.stage1_key(c): None for c in heads})  # stage 1 made: stage 2 decides
+    longer = [make_config("ucf", "smoke", seed=0, **{**TINY, "generator.num_heads": k,
+                                                     "self_train.iterations": j}) for k, j in ((3, 1), (1, 4))]
+    assert ex.prefetch(data, longer, workers=2) == 2
+    assert submitted == [[(1, 4)], [(3, 1)]]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_run_failing_in_a_worker_is_named(bank, tmp_path):
     data = ex.load_data(bank, cache=tmp_path / "cache")

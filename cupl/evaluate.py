@@ -124,13 +124,63 @@ def protocol_arrays(clip_scores, split, frames_per_clip: int | None = None):
     return scores, labels, abnormal
 
 
+def clip_frame_counts(split, frames_per_clip: int | None = None):
+    """How many frames of each clip the protocol counts as anomalous and as normal.
+
+    Every frame of a clip carries the clip's score, so the frame-level curves over 16 N frames
+    equal curves over N clips weighted by these counts (`evaluate_scores`).
+    returns: (positive [N], negative [N]) int64, summing to frames_per_clip per clip.
+    """
+    if split.frame_labels is None:
+        raise ValueError("clip_frame_counts: the split has no frame labels (is it a test split?)")
+    fpc = frames_per_clip or split.frames_per_clip
+    lengths = split.lengths.cpu().numpy()
+    labels = np.concatenate([
+        video_frame_targets(m, int(t), fpc, name) for m, t, name in zip(split.frame_labels, lengths, split.names)
+    ])
+    positive = labels.reshape(-1, fpc).sum(axis=1, dtype=np.int64)
+    return positive, fpc - positive
+
+
+def _weighted_curves(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> dict[str, float]:
+    """ROC-AUC, AP and PR-AUC of clips weighted by their frame counts: each clip is one sample
+    of label 1 weighing its positive frames and one of label 0 weighing its negative ones.
+    The curves' points are those of the frames (the same thresholds, the same integer counts
+    summed in float64), so the numbers equal the frame-level ones, from 16 times fewer samples."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+
+    if positive.sum() == 0 or negative.sum() == 0:
+        raise ValueError("labels hold a single class: ROC-AUC / AP are undefined")
+    score = np.concatenate([scores, scores])
+    label = np.concatenate([np.ones(len(scores), np.int8), np.zeros(len(scores), np.int8)])
+    weight = np.concatenate([positive, negative]).astype(np.float64)
+    keep = weight > 0
+    score, label, weight = score[keep], label[keep], weight[keep]
+    precision, recall, _ = precision_recall_curve(label, score, sample_weight=weight)
+    return {"auc": float(roc_auc_score(label, score, sample_weight=weight)),
+            "ap": float(average_precision_score(label, score, sample_weight=weight)),
+            "pr_auc": float(auc(recall, precision))}
+
+
 def evaluate_scores(clip_scores, split, frames_per_clip: int | None = None) -> dict[str, float]:
     """The field's protocol on a test split (module docstring).
 
+    Computed on clips weighted by their frame counts (`clip_frame_counts`), which gives the
+    frame-level numbers of `protocol_arrays` with `frame_auc`, `frame_ap` and `pr_auc`.
     returns: {"auc", "ap" (scikit-learn), "pr_auc" (XD form), "auc_abnormal" (abnormal videos only)}.
     """
-    scores, labels, abnormal = protocol_arrays(clip_scores, split, frames_per_clip)
-    result = {"auc": frame_auc(scores, labels), "ap": frame_ap(scores, labels), "pr_auc": pr_auc(scores, labels)}
-    sub = labels[abnormal]
-    result["auc_abnormal"] = frame_auc(scores[abnormal], sub) if len(np.unique(sub)) == 2 else float("nan")
+    if split.frame_labels is None:
+        raise ValueError("evaluate_scores: the split has no frame labels (is it a test split?)")
+    s = _numpy(clip_scores).astype(np.float64).ravel()
+    if s.shape[0] != split.num_clips:
+        raise ValueError(f"clip_scores: expected [{split.num_clips}] for the split, got {tuple(s.shape)}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or inf")
+    positive, negative = clip_frame_counts(split, frames_per_clip)
+    result = _weighted_curves(s, positive, negative)
+    abnormal = np.repeat(split.labels.cpu().numpy() > 0, split.lengths.cpu().numpy())
+    if positive[abnormal].sum() > 0 and negative[abnormal].sum() > 0:
+        result["auc_abnormal"] = _weighted_curves(s[abnormal], positive[abnormal], negative[abnormal])["auc"]
+    else:
+        result["auc_abnormal"] = float("nan")
     return result

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cupl.data.split import Split
-from cupl.evaluate import (evaluate_scores, frame_ap, frame_auc, frame_scores, pr_auc, pr_curve, roc_curve,
-                           video_frame_targets)
+from cupl.evaluate import (evaluate_scores, frame_ap, frame_auc, frame_scores, pr_auc, pr_curve, protocol_arrays,
+                           roc_curve, video_frame_targets)
 
 
 def test_frame_scores_repeat_each_clip():
@@ -117,3 +117,52 @@ def test_evaluate_scores_bad_input():
     split.frame_labels = None
     with pytest.raises(ValueError, match="frame labels"):
         evaluate_scores(np.array([0.1, 0.2, 0.3]), split)
+
+
+def _random_split(seed: int, videos: int = 12):
+    """Videos of 1-9 clips whose annotations start and end inside clips, with some frames
+    past the real frame count, abnormal and normal videos."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 10, videos)
+    frames = lengths * 16 - rng.integers(0, 16, videos)
+    labels = np.arange(videos) % 2
+    masks = []
+    for n, abnormal in zip(frames, labels):
+        mask = np.zeros(n, dtype=np.uint8)
+        if abnormal:
+            start = rng.integers(0, n)
+            mask[start:start + rng.integers(1, 40)] = 1
+        masks.append(mask)
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]))
+    return Split(features=torch.zeros(int(lengths.sum()), 1, 2), offsets=offsets, labels=torch.from_numpy(labels),
+                 names=[f"v{i}" for i in range(videos)], categories=["Toy"] * videos,
+                 num_frames=torch.from_numpy(frames), frame_labels=masks)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clip_weighted_metrics_equal_the_frame_level_ones(seed):
+    split = _random_split(seed)
+    rng = np.random.default_rng(100 + seed)
+    clip_scores = np.round(rng.uniform(size=split.num_clips), 1).astype(np.float32)  # many ties
+    result = evaluate_scores(clip_scores, split)
+    scores, labels, abnormal = protocol_arrays(clip_scores, split)  # frames, scored by scikit-learn
+    assert result["auc"] == pytest.approx(frame_auc(scores, labels), abs=1e-12)
+    assert result["ap"] == pytest.approx(frame_ap(scores, labels), abs=1e-12)
+    assert result["pr_auc"] == pytest.approx(pr_auc(scores, labels), abs=1e-12)
+    if len(np.unique(labels[abnormal])) == 2:
+        assert result["auc_abnormal"] == pytest.approx(frame_auc(scores[abnormal], labels[abnormal]), abs=1e-12)
+    else:
+        assert np.isnan(result["auc_abnormal"])
+
+
+def test_evaluation_benchmark_agrees_on_the_ucf_test_structure():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation.py"
+    spec = importlib.util.spec_from_file_location("bench_evaluation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    split = module.ucf_test_split()
+    assert split.num_videos == 290 and split.num_clips == 69634  # the real test list, ceil(frames / 16)
+    assert module.main(["--repeats", "1"]) == 0  # both ways within 1e-9

@@ -235,8 +235,8 @@ def default_workers(data: Data, device: str = "cpu") -> int:
     0.4 GB), one otherwise; one on CUDA, where a run already fills the device.
 
     A stage-1 step of the quick profile runs only 1.2x faster on two threads than on one, so
-    two one-thread processes make the runs of a sweep about 1.4x faster than one two-thread
-    process (chapter 9 of the quick book: 502 s before, 294 s after, on 2 cores).
+    two one-thread processes make the runs of a sweep faster than one two-thread process
+    (the book's performance appendix, *Building the book*).
     """
     if os.environ.get("CUPL_WORKERS"):
         try:
@@ -282,9 +282,9 @@ def prefetch(data: Data, configs, *, keep: bool = False, workers: int | None = N
         group = jobs.setdefault(key, [])
         if not (keep and group):
             group.append(to_dict(config))
-        g, stage2 = config.generator, 0 if keep else config.self_train.iterations * config.clip.epochs
-        before = cost.get(key, (0 if trained else g.steps * g.batch_size * g.num_heads, 0))
-        cost[key] = (before[0], before[1] + stage2)
+        g = config.generator
+        stage1_cost, stage2_cost = cost.get(key, (0 if trained else g.steps * g.batch_size * g.num_heads, 0))
+        cost[key] = (stage1_cost, stage2_cost + (0 if keep else config.self_train.iterations * config.clip.epochs))
     if workers <= 1 or len(jobs) < 2:
         return 0
     # the longest jobs first, so that no process is left with a long one while the others wait

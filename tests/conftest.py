@@ -22,6 +22,27 @@ def _one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """load_benchmark(name): the script benchmarks/<name>.py as a module (its folder on sys.path,
+    for the scripts that import each other)."""
+    import importlib.util
+    import sys
+
+    folder = REPO / "benchmarks"
+
+    def load(name: str):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks")
 
 

@@ -5,10 +5,7 @@ benchmark's FLOP counts and the GPU check script at a tiny scale."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,36 +17,15 @@ from cupl.train import feature_dtype, prepare_split, pseudo_labels, run, score_c
 from cupl.uncertainty import mc_dropout
 from toy import toy_split
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def _load(name: str):
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids waiting on a second one when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module")
+def gpu_check(load_benchmark):
+    return load_benchmark("gpu_check")
 
 
 @pytest.fixture(scope="module")
-def gpu_check():
-    return _load("gpu_check")
-
-
-@pytest.fixture(scope="module")
-def bench_pipeline():
-    return _load("pipeline")
+def bench_pipeline(load_benchmark):
+    return load_benchmark("pipeline")
 
 
 @pytest.fixture(scope="module")

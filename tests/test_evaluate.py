@@ -155,14 +155,8 @@ def test_clip_weighted_metrics_equal_the_frame_level_ones(seed):
         assert np.isnan(result["auc_abnormal"])
 
 
-def test_evaluation_benchmark_agrees_on_the_ucf_test_structure():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation.py"
-    spec = importlib.util.spec_from_file_location("bench_evaluation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_evaluation_benchmark_agrees_on_the_ucf_test_structure(load_benchmark):
+    module = load_benchmark("evaluation")
     split = module.ucf_test_split()
     assert split.num_videos == 290 and split.num_clips == 69634  # the real test list, ceil(frames / 16)
     assert module.main(["--repeats", "1"]) == 0  # both ways within 1e-9

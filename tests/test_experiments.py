@@ -45,16 +45,6 @@ def toy_bank(path, oracle: bool = True):
     return write_bank(path, videos, attrs=attrs, dtype="float32", progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy models are tiny: a second intra-op thread only adds synchronisation (many times
-    slower on a busy 2-core machine). Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
     return toy_bank(tmp_path_factory.mktemp("bank") / "toy.h5")
@@ -360,14 +350,8 @@ def test_iteration_j_of_a_run_is_the_final_model_of_a_run_with_j_iterations(bank
             assert runs[metric].iloc[0] == row[metric]
 
 
-def test_fc_budget_table(bank, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fc_budget.py"
-    spec = importlib.util.spec_from_file_location("bench_fc_budget", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_fc_budget_table(bank, load_benchmark):
+    module = load_benchmark("fc_budget")
     data = ex.load_data(bank, cache=None)
     table = module.measure(data, ["uncertainty"], [1, 2], [0, 1], "smoke")
     assert list(table["epochs"]) == [1, 1, 1, 2, 2, 2] and list(table["j"]) == [1, 2, 3] * 2

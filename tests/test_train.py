@@ -25,16 +25,6 @@ TINY = {"generator.steps": 3, "generator.batch_size": 4, "generator.mc_passes": 
         "clip.batch_size": 512, "clip.mc_passes": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The toy models are tiny: a second intra-op thread only adds synchronisation, which on a
-    busy 2-core machine made these runs 20x slower. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     train, oracle = toy_split(16, 16, seed=1)

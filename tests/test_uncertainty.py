@@ -8,15 +8,6 @@ from cupl.models import ClipClassifier, MultiHeadClassifier
 from cupl.uncertainty import dropout_masks, mc_dropout
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_generator(in_dim=12, heads=2, dropout=0.6, seed=0):
     torch.manual_seed(seed)
     model = MultiHeadClassifier(in_dim, heads, hidden=(16, 8), dropout=dropout).double()

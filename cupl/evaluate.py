@@ -103,24 +103,33 @@ def video_frame_targets(frame_mask: np.ndarray, num_clips: int, frames_per_clip:
     return target
 
 
+def _frame_targets(split, fpc: int, caller: str) -> np.ndarray:
+    """[fpc N] ground truth of a whole test split (`video_frame_targets`), in list order."""
+    if split.frame_labels is None:
+        raise ValueError(f"{caller}: the split has no frame labels (is it a test split?)")
+    lengths = split.lengths.cpu().numpy()
+    return np.concatenate([
+        video_frame_targets(m, int(t), fpc, name) for m, t, name in zip(split.frame_labels, lengths, split.names)
+    ])
+
+
+def _clip_scores(clip_scores, split) -> np.ndarray:
+    s = _numpy(clip_scores).ravel()
+    if s.shape[0] != split.num_clips:
+        raise ValueError(f"clip_scores: expected [{split.num_clips}] for the split, got {tuple(s.shape)}")
+    return s
+
+
 def protocol_arrays(clip_scores, split, frames_per_clip: int | None = None):
     """Frame scores and targets of a whole test split, concatenated in list order.
 
     clip_scores: [N] one (crop-averaged) score per clip of `split`.
     returns: (scores [16 N], labels [16 N], abnormal_video [16 N] bool).
     """
-    if split.frame_labels is None:
-        raise ValueError("protocol_arrays: the split has no frame labels (is it a test split?)")
-    s = _numpy(clip_scores).ravel()
-    if s.shape[0] != split.num_clips:
-        raise ValueError(f"clip_scores: expected [{split.num_clips}] for the split, got {tuple(s.shape)}")
     fpc = frames_per_clip or split.frames_per_clip
-    lengths = split.lengths.cpu().numpy()
-    labels = np.concatenate([
-        video_frame_targets(m, int(t), fpc, name) for m, t, name in zip(split.frame_labels, lengths, split.names)
-    ])
-    scores = np.repeat(s, fpc)
-    abnormal = np.repeat(np.repeat(split.labels.cpu().numpy() > 0, lengths), fpc)
+    labels = _frame_targets(split, fpc, "protocol_arrays")
+    scores = np.repeat(_clip_scores(clip_scores, split), fpc)
+    abnormal = np.repeat(np.repeat(split.labels.cpu().numpy() > 0, split.lengths.cpu().numpy()), fpc)
     return scores, labels, abnormal
 
 
@@ -131,14 +140,8 @@ def clip_frame_counts(split, frames_per_clip: int | None = None):
     equal curves over N clips weighted by these counts (`evaluate_scores`).
     returns: (positive [N], negative [N]) int64, summing to frames_per_clip per clip.
     """
-    if split.frame_labels is None:
-        raise ValueError("clip_frame_counts: the split has no frame labels (is it a test split?)")
     fpc = frames_per_clip or split.frames_per_clip
-    lengths = split.lengths.cpu().numpy()
-    labels = np.concatenate([
-        video_frame_targets(m, int(t), fpc, name) for m, t, name in zip(split.frame_labels, lengths, split.names)
-    ])
-    positive = labels.reshape(-1, fpc).sum(axis=1, dtype=np.int64)
+    positive = _frame_targets(split, fpc, "clip_frame_counts").reshape(-1, fpc).sum(axis=1, dtype=np.int64)
     return positive, fpc - positive
 
 
@@ -171,9 +174,7 @@ def evaluate_scores(clip_scores, split, frames_per_clip: int | None = None) -> d
     """
     if split.frame_labels is None:
         raise ValueError("evaluate_scores: the split has no frame labels (is it a test split?)")
-    s = _numpy(clip_scores).astype(np.float64).ravel()
-    if s.shape[0] != split.num_clips:
-        raise ValueError(f"clip_scores: expected [{split.num_clips}] for the split, got {tuple(s.shape)}")
+    s = _clip_scores(clip_scores, split).astype(np.float64)
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or inf")
     positive, negative = clip_frame_counts(split, frames_per_clip)

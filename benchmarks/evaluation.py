@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from cupl.book import cpu_name
+from cupl.experiments.timing import cpu_name
 from cupl.data.annotations import frame_mask
 from cupl.data.split import Split
 from cupl.data.ucf import load_ucf_test_annotations

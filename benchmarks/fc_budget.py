@@ -19,7 +19,7 @@ import time
 
 import pandas as pd
 
-from cupl.book import cpu_name
+from cupl.experiments.timing import cpu_name
 from cupl.experiments import load_data, run_seeds
 
 

@@ -23,7 +23,7 @@ Steps:
              softplus lift to D = 2048), 10 crops, bfloat16: 7.8M train vectors, 32 GB.
   warmup     a smoke-profile run on a few videos, untimed, so that library set-up and
              kernel selection are not charged to the pipeline.
-  pipeline   `cupl.train.run` once with the `full` profile and bfloat16 autocast: the
+  pipeline   `cupl.experiments.train.run` once with the `full` profile and bfloat16 autocast: the
              per-stage table of `benchmarks/pipeline.py` (FLOP, TFLOP/s, floor, peak
              memory per stage).
   bank_io    about `--io-gb` of training videos written with `cupl.data.bank.write_bank`,
@@ -254,7 +254,7 @@ def inference_agreement(f_g, f_c, train, test, config, settings) -> dict:
     dropout rates) and of test scores, float32."""
     import copy
 
-    from cupl.train import prepare_split, pseudo_labels, score_clips
+    from cupl.experiments.train import prepare_split, pseudo_labels, score_clips
 
     outs = []
     w = config.self_train.window
@@ -262,10 +262,10 @@ def inference_agreement(f_g, f_c, train, test, config, settings) -> dict:
         tr = prepare_split(train, config.crops, device)
         te = prepare_split(test, config.crops, device)
         g, c = copy.deepcopy(f_g).to(device), copy.deepcopy(f_c).to(device)
-        labels_g = pseudo_labels(g, tr, config.generator.mc_passes, generator=torch.Generator().manual_seed(1),
+        labels_g = pseudo_labels(g, tr, config.generator.mc_passes, rng=torch.Generator().manual_seed(1),
                                  batch_size=batch)[0]
         labels_c = pseudo_labels(c, tr, config.clip.mc_passes, window=w,
-                                 generator=torch.Generator().manual_seed(2), batch_size=batch)[0]
+                                 rng=torch.Generator().manual_seed(2), batch_size=batch)[0]
         outs.append((labels_g.cpu(), labels_c.cpu(), score_clips(c, te, w, batch_size=batch).cpu()))
     (ga, ca, sa), (gb, cb, sb) = outs
     return {"labels": max(float((ga - gb).abs().max()), float((ca - cb).abs().max())),
@@ -275,7 +275,7 @@ def inference_agreement(f_g, f_c, train, test, config, settings) -> dict:
 def run_once(train, test, *, profile: str, **settings):
     """(RunResult with arrays, seconds) of one run of Algorithm 1 with the given config settings."""
     from cupl.config import make_config
-    from cupl.train import run
+    from cupl.experiments.train import run
 
     start = time.perf_counter()
     result = run(make_config("ucf", profile, **settings), train, test, progress=False, keep_arrays=True)
@@ -555,7 +555,7 @@ def _warmup(args, state, record):
     """The pipeline's settings on a few videos for a few steps: library set-up, kernel
     selection and the first CUDA graph capture happen here, not in the timed run."""
     from cupl.config import make_config
-    from cupl.train import run
+    from cupl.experiments.train import run
 
     train, test = state["train"], state["test"]
     tr = train.subset(evenly_spaced(min(8, train.num_videos), train.num_videos))
@@ -607,7 +607,7 @@ def _stage1_graph(train, config, check, steps: int = 200) -> dict:
     segments first); CUDA only."""
     from dataclasses import replace
 
-    from cupl.train import train_generator
+    from cupl.experiments.train import train_generator
 
     if train.features.device.type != "cuda":
         return {"note": "CUDA only"}
@@ -616,7 +616,7 @@ def _stage1_graph(train, config, check, steps: int = 200) -> dict:
         for graph in (False, True):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            train_generator(train, cfg, generator=torch.Generator().manual_seed(0), amp=config.amp, graph=graph)
+            train_generator(train, cfg, rng=torch.Generator().manual_seed(0), amp=config.amp, graph=graph)
             torch.cuda.synchronize()
             seconds["graph" if graph else "eager"] = time.perf_counter() - start
     except Exception as err:  # a side measurement: its failure must not fail the pipeline step
@@ -702,14 +702,14 @@ def _sync_device(device):
 def _first_layer_paths(result, train, config, check) -> dict | None:
     """f_c's first layer over the training split, temporal inputs built against clips projected once."""
     try:
-        f_c = result.classifier.to(train.features.device)
+        f_c = result.f_c.to(train.features.device)
         paths = pipeline.first_layer_paths(f_c, train, config.self_train.window, config.eval_batch_size,
                                            config.amp, repeats=2)
     except Exception as err:  # a side measurement: its failure must not fail the pipeline step
         check.log(f"  f_c first layer paths: FAILED: {type(err).__name__}: {err}")
         return {"error": f"{type(err).__name__}: {err}"}
     finally:
-        result.classifier.cpu()
+        result.f_c.cpu()
     check.log(f"  f_c first layer over the split: built {paths['built_s']:.3f} s, projected {paths['projected_s']:.3f} s, "
               f"max |difference| {paths['max_abs_diff']:.1e}")
     return paths
@@ -759,7 +759,7 @@ def _agreement(args, state, record, check):
                              "ok": None if tolerance is None else within(diffs, tolerance)}
         check.log(f"  {name}: {seconds:.1f} s, {diffs}")
     paper = make_config("ucf", args.profile)
-    f_g, f_c = copy.deepcopy(cpu.generator), copy.deepcopy(cpu.classifier)
+    f_g, f_c = copy.deepcopy(cpu.f_g), copy.deepcopy(cpu.f_c)
     f_g.dropout, f_c.dropout = paper.generator.dropout, paper.clip.dropout
     settings = [("cpu", base["eval_batch_size"]), (args.device, other["eval_batch_size"])]
     diffs = inference_agreement(f_g, f_c, tr, te, make_config("ucf", args.profile, **base), settings)
@@ -830,7 +830,7 @@ def _compile(args, state, record):
     a torch.compile'd f_c (its first epoch includes the compilation)."""
     from cupl.config import make_config
     from cupl.models import ClipClassifier
-    from cupl.train import train_clip_classifier
+    from cupl.experiments.train import train_clip_classifier
 
     device = torch.device(args.device)
     train = state["train"]
@@ -847,7 +847,7 @@ def _compile(args, state, record):
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         train_clip_classifier(train, labels, selected, cfg, config.self_train.window,
-                              generator=torch.Generator().manual_seed(0), model=model, amp=device.type == "cuda")
+                              rng=torch.Generator().manual_seed(0), model=model, amp=device.type == "cuda")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times[name] = time.perf_counter() - t0

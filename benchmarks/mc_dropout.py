@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from cupl.book import cpu_name
+from cupl.experiments.timing import cpu_name
 from cupl.models import ClipClassifier, MultiHeadClassifier
 from cupl.uncertainty import mc_dropout
 

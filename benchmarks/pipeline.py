@@ -1,7 +1,7 @@
 """One whole run of Algorithm 1 (stage 1 + j iterations), stage by stage, against its floor.
 
 Reads a feature bank (by default the embedded synthetic benchmark of a profile), runs
-`cupl.train.run` once and prints, per stage: seconds, matmul FLOP, achieved TFLOP/s, the
+`cupl.experiments.train.run` once and prints, per stage: seconds, matmul FLOP, achieved TFLOP/s, the
 floor (FLOP / peak), the share of the peak reached and, on CUDA, the peak memory allocated;
 then the same as a markdown table. Evaluation and mining are not matmul work and carry no
 FLOP; their time is part of the total.
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from cupl.book import cpu_name
+from cupl.experiments.timing import cpu_name
 
 STAGES = ("mc_dropout", "mining", "train", "score", "evaluate")
 # dense spec TFLOP/s by card and compute dtype (vendor data sheets, without sparsity)
@@ -223,15 +223,15 @@ def first_layer_paths(model, split, window: int, batch_size: int, amp: bool, rep
 
     built:     temporal inputs [b, C, 2D] built per chunk (`context_features`), then W1;
     projected: W_a c_t + window mean of W_b c, clips projected once.
-    (`cupl.train` takes the second where D > h1; both are its `_first_layer`.)
+    (`cupl.experiments.train` takes the second where D > h1; both are `cupl.experiments.steps.first_layer`.)
     returns seconds of each and max |difference| of the ReLU outputs.
     """
-    from cupl.train import _first_layer
+    from cupl.experiments.steps import first_layer
 
     device = split.features.device
 
     def chunks(project: bool):
-        return (h for _, _, h in _first_layer(model, split, window, batch_size, amp, project=project))
+        return (h for _, _, h in first_layer(model, split, window, batch_size, amp, project=project))
 
     def timed(project: bool) -> float:
         _sync(device)
@@ -254,13 +254,13 @@ def fc_input_paths(split, window: int, batch_size: int, ratio: float = 0.5, epoc
 
     per batch: `context_features` of each batch, w + 1 gathered rows per sample (before);
     table:     `memory_table` of the selected clips once per iteration, then two gathered rows
-               per sample (`cupl.train.train_clip_classifier`).
+               per sample (`cupl.experiments.train.train_clip_classifier`).
     One epoch of each is timed (best of `repeats`, interleaved) and scaled by `epochs`.
     returns seconds per epoch, of building the table, per iteration each way, and max
     |difference| of the inputs.
     """
     from cupl.mining import context_features
-    from cupl.train import memory_table
+    from cupl.experiments.steps import memory_table
 
     features, device = split.features, split.features.device
     crops = features.shape[1]
@@ -311,10 +311,10 @@ def _sync(device):
 
 
 def run_pipeline(config, train, test, *, peak_tflops: float, progress: bool = False) -> dict:
-    """`cupl.train.run` once, with its per-stage rows (see `stage_rows`) and results."""
+    """`cupl.experiments.train.run` once, with its per-stage rows (see `stage_rows`) and results."""
     import sklearn.metrics  # noqa: F401  (imported before the clock starts, not in iteration 1's evaluation)
 
-    from cupl.train import run
+    from cupl.experiments.train import run
 
     device = torch.device(config.device)
     if device.type == "cuda":
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     from cupl.config import make_config
     from cupl.data.bank import FeatureBank
     from cupl.experiments import resolve_bank
-    from cupl.train import feature_dtype
+    from cupl.experiments.steps import feature_dtype
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"],
@@ -380,7 +380,7 @@ def main(argv=None) -> int:
     read_s = time.perf_counter() - start
     peak, peak_what, measured = reference_peak(device, amp, args.peak_tflops)
     out = run_pipeline(config, train, test, peak_tflops=peak, progress=args.progress)
-    f_c = out["result"].classifier.to(device)
+    f_c = out["result"].f_c.to(device)
     paths = first_layer_paths(f_c, train, config.self_train.window, config.eval_batch_size, amp)
     inputs = fc_input_paths(train, config.self_train.window, config.clip.batch_size, config.self_train.ratio,
                             config.clip.epochs)

@@ -91,7 +91,7 @@ def smoke_book(tmp_path_factory):
     and the book built (warnings as errors) in a copy of the book sources.
 
     Returns (root, ChainResult, wall seconds of chain + build)."""
-    from cupl.book import run_chain
+    from cupl.book.runner import run_chain
 
     root = tmp_path_factory.mktemp("smoke-book")
     for name in BOOK_SOURCES:

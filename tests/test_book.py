@@ -14,7 +14,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cupl import book
+from cupl.book import runner as book
+from cupl.cli import book as book_cli
+from cupl.experiments import cache
+from cupl.util import parse_literal
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -73,30 +76,30 @@ def test_toc_lists_every_notebook_and_only_existing_ones():
 # ---------------------------------------------------------------- runner
 
 
-def test_parse_value():
-    assert book.parse_value("3") == 3
-    assert book.parse_value("0.5") == 0.5
-    assert book.parse_value("True") is True
-    assert book.parse_value("[1, 2]") == [1, 2]
-    assert book.parse_value("ucf.h5") == "ucf.h5"
-    assert book.parse_value("'7'") == "7"
+def test_parse_literal():
+    assert parse_literal("3") == 3
+    assert parse_literal("0.5") == 0.5
+    assert parse_literal("True") is True
+    assert parse_literal("[1, 2]") == [1, 2]
+    assert parse_literal("ucf.h5") == "ucf.h5"
+    assert parse_literal("'7'") == "7"
 
 
 def test_bank_digest_small_file_hashes_size_and_content(tmp_path):
     path = tmp_path / "bank.h5"
     path.write_bytes(b"abc" * 1000)
     expected = hashlib.sha256(b"3000" + b"abc" * 1000).hexdigest()
-    assert book.bank_digest(path) == expected
+    assert cache.bank_digest(path) == expected
 
 
 def test_bank_digest_large_file_reads_head_and_tail(tmp_path, monkeypatch):
-    monkeypatch.setattr(book, "FULL_HASH_LIMIT", 100)
-    monkeypatch.setattr(book, "EDGE_BYTES", 10)
+    monkeypatch.setattr(cache, "FULL_HASH_LIMIT", 100)
+    monkeypatch.setattr(cache, "EDGE_BYTES", 10)
     data = bytes(range(200))
     path = tmp_path / "bank.h5"
     path.write_bytes(data)
     expected = hashlib.sha256(b"200" + data[:10] + data[-10:]).hexdigest()
-    assert book.bank_digest(path) == expected
+    assert cache.bank_digest(path) == expected
 
 
 def test_unknown_parameter_is_refused_naming_notebook_and_parameter(tiny_book):
@@ -118,9 +121,9 @@ def test_unknown_parameter_through_the_command(tiny_book, monkeypatch, capsys):
 
     root = tiny_book({"01_a": ("profile = 'quick'", "x = 1")})
     parser = argparse.ArgumentParser()
-    book.configure_parser(parser)
+    book_cli.configure_parser(parser)
     monkeypatch.chdir(root / "notebooks")  # the root is found upwards
-    code = book.main(parser.parse_args(["--no-build", "--quiet", "-p", "alpha", "0.5"]))
+    code = book_cli.main(parser.parse_args(["--no-build", "--quiet", "-p", "alpha", "0.5"]))
     assert code == 1
     err = capsys.readouterr().err
     assert "01_a.ipynb" in err and "'alpha'" in err

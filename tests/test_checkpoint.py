@@ -6,10 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from pathlib import Path
+
 import torch
 
-from cupl import checkpoint
-from cupl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, score_split
+from cupl.cli import evaluate as evaluate_cli
+from cupl.experiments import checkpoint
+from cupl.experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, score_split
 from cupl.data.importers import import_ucf
 from cupl.data.split import Split
 from cupl.models import ClipClassifier
@@ -102,8 +105,8 @@ def test_config_that_weights_only_loading_cannot_read_is_refused(tmp_path):
 
 
 def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
-    def broken_save(obj, fp):
-        fp.write(b"partial")
+    def broken_save(obj, path):
+        Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -180,11 +183,11 @@ def test_cupl_evaluate_cli_matches_plain_torch_reference(tmp_path, dtype):
     torch.save({"model": sd}, tmp_path / "UCF_0.8622.pth")
 
     parser = argparse.ArgumentParser()
-    checkpoint.configure_parser(parser)
+    evaluate_cli.configure_parser(parser)
     args = parser.parse_args(["--checkpoint", str(tmp_path / "UCF_0.8622.pth"), "--bank", str(bank),
                               "--json", str(tmp_path / "m.json"), "--frame-scores", str(tmp_path / "f.npy"),
                               "--batch-size", "3", "--no-progress"])
-    assert checkpoint.main(args) == 0
+    assert evaluate_cli.main(args) == 0
 
     test_names = list(frames)[2:]
     ref_scores, ref_labels = [], []
@@ -213,9 +216,9 @@ def test_cupl_evaluate_cli_matches_plain_torch_reference(tmp_path, dtype):
 def test_cupl_evaluate_reports_a_bad_checkpoint(tmp_path, capsys):
     torch.save({"model": {"fc.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
     parser = argparse.ArgumentParser()
-    checkpoint.configure_parser(parser)
+    evaluate_cli.configure_parser(parser)
     args = parser.parse_args(["--checkpoint", str(tmp_path / "bad.pth"), "--bank", str(tmp_path / "none.h5")])
-    assert checkpoint.main(args) == 1
+    assert evaluate_cli.main(args) == 1
     assert "unknown keys ['fc.weight']" in capsys.readouterr().out
 
 

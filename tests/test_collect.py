@@ -8,7 +8,8 @@ import json
 import papermill
 import pytest
 
-from cupl import collect
+from cupl.book import collect
+from cupl.cli import collect as collect_cli
 
 GLUE_CELL = """\
 import numpy as np
@@ -47,9 +48,9 @@ def test_csv_is_written_and_table_printed(runs, tmp_path, capsys):
     import argparse
 
     parser = argparse.ArgumentParser()
-    collect.configure_parser(parser)
+    collect_cli.configure_parser(parser)
     target = tmp_path / "out" / "sweep.csv"
-    assert collect.main(parser.parse_args([str(runs), "--csv", str(target)])) == 0
+    assert collect_cli.main(parser.parse_args([str(runs), "--csv", str(target)])) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split() == ["notebook", "run_time_s", "alpha", "auc", "label", "count"]
     assert printed[2].split()[:1] == ["alpha-0.5.ipynb"]

@@ -13,7 +13,8 @@ import torch
 
 from cupl.config import make_config
 from cupl.models import ClipClassifier, MultiHeadClassifier
-from cupl.train import feature_dtype, prepare_split, pseudo_labels, run, score_clips
+from cupl.experiments.steps import feature_dtype
+from cupl.experiments.train import prepare_split, pseudo_labels, run, score_clips
 from cupl.uncertainty import mc_dropout
 from toy import toy_split
 
@@ -57,7 +58,7 @@ def test_fc_pseudo_labels_equal_passes_on_built_temporal_features(data, batch_si
     train, _ = data
     torch.manual_seed(0)
     model = ClipClassifier(16, hidden=hidden, dropout=0.5)
-    labels, unc = pseudo_labels(model, train, 6, window=3, generator=torch.Generator().manual_seed(9),
+    labels, unc = pseudo_labels(model, train, 6, window=3, rng=torch.Generator().manual_seed(9),
                                 batch_size=batch_size)
     x = torch.from_numpy(plain_temporal(train, 3))  # [N, C, 2D]
     mean, var = mc_dropout(model, x.flatten(0, 1), 6, torch.Generator().manual_seed(9), method="naive")
@@ -82,7 +83,7 @@ def test_fg_pseudo_labels_in_chunks(data):
     train, _ = data
     torch.manual_seed(2)
     model = MultiHeadClassifier(8, num_heads=3, hidden=(6, 4), dropout=0.4)
-    labels, unc = pseudo_labels(model, train, 9, generator=torch.Generator().manual_seed(5), batch_size=30)
+    labels, unc = pseudo_labels(model, train, 9, rng=torch.Generator().manual_seed(5), batch_size=30)
     mean, var = mc_dropout(model, train.features.flatten(0, 1), 9, torch.Generator().manual_seed(5), method="naive")
     torch.testing.assert_close(labels, mean.view(train.num_clips, -1).mean(dim=1), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(unc, var.view(train.num_clips, -1).mean(dim=1), atol=1e-6, rtol=1e-5)
@@ -134,12 +135,12 @@ def test_gpu_code_path_gives_the_cpu_results(data, clip_hidden):
 
 
 def test_graph_steps_need_cuda(data):
-    from cupl.train import train_generator
+    from cupl.experiments.train import train_generator
 
     train, _ = data
     config = make_config("ucf", "smoke", **SMALL)
     with pytest.raises(ValueError, match="graph=True needs a CUDA device.*cpu"):
-        train_generator(train, config.generator, generator=torch.Generator().manual_seed(0), graph=True)
+        train_generator(train, config.generator, rng=torch.Generator().manual_seed(0), graph=True)
 
 
 def test_feature_dtype():
@@ -171,12 +172,12 @@ def test_crop_mean_in_half_precision(data):
     ("prepare_split", torch.cuda.OutOfMemoryError("CUDA out of memory."), r"load: .*amp=True.*crops='mean'"),
 ])
 def test_out_of_memory_names_the_setting(data, monkeypatch, stage, error, knob):
-    import cupl.train
+    import cupl.experiments.train
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(cupl.train, stage, fail)
+    monkeypatch.setattr(cupl.experiments.train, stage, fail)
     train, test = data
     with pytest.raises(type(error), match=knob) as caught:
         run(make_config("ucf", "smoke", eval_batch_size=16, **SMALL), train, test, progress=False)
@@ -184,12 +185,12 @@ def test_out_of_memory_names_the_setting(data, monkeypatch, stage, error, knob):
 
 
 def test_other_errors_pass_unchanged(data, monkeypatch):
-    import cupl.train
+    import cupl.experiments.train
 
     def fail(*args, **kwargs):
         raise RuntimeError("shapes cannot be multiplied")
 
-    monkeypatch.setattr(cupl.train, "score_clips", fail)
+    monkeypatch.setattr(cupl.experiments.train, "score_clips", fail)
     train, test = data
     with pytest.raises(RuntimeError, match="^shapes cannot be multiplied$"):
         run(make_config("ucf", "smoke", **SMALL), train, test, progress=False)

@@ -1,4 +1,4 @@
-"""Diagnostics on hand-made splits: events, coverage, uncertainty bins, selection, verdicts.
+"""Diagnostics on hand-made splits: events, coverage, uncertainty bins, selection.
 
 Expected values are worked out by hand in the comments, or by a plain per-event loop."""
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cupl.data.split import Split
-from cupl.diagnostics import (event_coverage, event_runs, pseudo_label_quality, selection_quality,
-                              uncertainty_bins, verdict)
+from cupl.experiments.diagnostics import (event_coverage, event_runs, pseudo_label_quality, selection_quality,
+                                          uncertainty_bins)
 
 
 def split_of(lengths, labels) -> Split:
@@ -163,22 +163,6 @@ def test_selection_at_r_equal_one_agrees_with_pseudo_label_quality():
     quality = pseudo_label_quality(labels, unc, torch.ones(21, dtype=torch.bool), oracle, split)
     assert row["label_auc"] == pytest.approx(quality["label_auc"])
     assert row["label_mae"] == pytest.approx(quality["label_mae"])
-
-
-# ---------------------------------------------------------------- verdict
-
-
-def test_verdict_words():
-    # means 82 and 79 (points), standard deviations 2 and 1: spread sqrt(5) = 2.24
-    assert verdict([0.80, 0.82, 0.84], [0.78, 0.79, 0.80]) == "higher by 3.0 ± 2.2 points"
-    assert verdict([0.78, 0.79, 0.80], [0.80, 0.82, 0.84]) == "lower by 3.0 ± 2.2 points"
-    # means 82 and 81, spread sqrt(4 + 1)
-    assert verdict([0.80, 0.82, 0.84], [0.81, 0.80, 0.82]) == (
-        "no clear difference (+1.0 ± 2.2 points, within one standard deviation)")
-    assert verdict([0.9], [0.8, 0.7]) == "higher by 15.0 points (one seed: no spread to judge)"
-    assert verdict([0.4, 0.6], [0.1, 0.1], scale=1, unit="", digits=2, higher="more") == "more by 0.40 ± 0.14"
-    with pytest.raises(ValueError, match="at least one"):
-        verdict([], [0.1])
 
 
 def test_event_share_of_selected_clips_by_hand():

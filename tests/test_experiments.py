@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from cupl import experiments as ex
+from cupl.experiments import cache as cache_module
+from cupl.experiments import workers as workers_module
 from cupl.config import make_config
 from cupl.data.bank import VideoData, write_bank
 from cupl.data.split import Split
-from cupl.train import run, stage1, train_generator
+from cupl.experiments.train import run, stage1, train_generator
 from toy import toy_split
 
 TINY = {"generator.steps": 30, "generator.batch_size": 4, "generator.mc_passes": 4, "clip.epochs": 1,
@@ -96,7 +98,7 @@ def test_one_head_trains_the_same_generator_with_or_without_diversity():
         cfg = make_config("ucf", "smoke", **TINY, **{"generator.num_heads": 1, "generator.diversity": diversity,
                                                      "generator.alpha": alpha}).generator
         torch.manual_seed(0)
-        models.append(train_generator(train, cfg, generator=torch.Generator().manual_seed(0)))
+        models.append(train_generator(train, cfg, rng=torch.Generator().manual_seed(0)))
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
         assert torch.equal(a, b)
 
@@ -123,7 +125,7 @@ def test_run_seeds_reuses_whole_runs_from_disk(bank, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the run should have come from the cache")
 
-    monkeypatch.setattr(ex, "run", no_training)
+    monkeypatch.setattr(cache_module, "run", no_training)
     fresh = ex.load_data(bank, cache=cache)
     runs2, history2 = ex.run_seeds(fresh, [0, 1], profile="smoke", **TINY)
     pd.testing.assert_frame_equal(runs, runs2)
@@ -154,7 +156,7 @@ def test_a_repeated_configuration_is_run_once(bank):
     _, _, (again,) = ex.run_seeds(data, [0], profile="smoke", keep=True, **TINY, **{"self_train.ratio": 0.5})
     assert again is first
     _, _, (other,) = ex.run_seeds(data, [0], profile="smoke", keep=True, **TINY, **{"self_train.ratio": 0.4})
-    assert other is not first and other.generator is first.generator  # stage 1 shared
+    assert other is not first and other.f_g is first.f_g  # stage 1 shared
 
 
 def test_stage1_alone_is_the_generator_a_run_trains(bank):
@@ -162,7 +164,7 @@ def test_stage1_alone_is_the_generator_a_run_trains(bank):
     config = make_config("ucf", "smoke", seed=4, **TINY)
     whole = run(config, data.train, data.test, progress=False)
     alone = stage1(config, data.train)
-    for a, b in zip(whole.generator.state_dict().values(), alone.state_dict().values()):
+    for a, b in zip(whole.f_g.state_dict().values(), alone.state_dict().values()):
         assert torch.equal(a, b)
 
 
@@ -207,7 +209,7 @@ def test_prefetch_submits_the_longest_jobs_first(bank, tmp_path, monkeypatch):
             future.set_result(None)
             return future
 
-    monkeypatch.setattr(ex, "_pool", lambda data, workers: Recorder())
+    monkeypatch.setattr(workers_module, "_pool", lambda data, workers: Recorder())
     data = ex.load_data(bank, cache=tmp_path / "cache")
     heads = [make_config("ucf", "smoke", seed=0, **{**TINY, "generator.num_heads": k}) for k in (1, 3, 2)]
     assert ex.prefetch(data, heads, workers=2) == 3
@@ -273,13 +275,13 @@ def test_gain_by_hand():
 
 def test_paper_verdict_cases():
     control = seeds([0.78, 0.79, 0.80])  # 79 ± 1
-    assert ex.paper_verdict(seeds([0.80, 0.82, 0.84]), control, 2.03) == (
+    assert str(ex.paper_verdict(seeds([0.80, 0.82, 0.84]), control, 2.03)) == (
         "reproduces in direction (+3.00 ± 2.24 points here, +2.03 in the paper)")
-    assert ex.paper_verdict(seeds([0.79, 0.80, 0.81]), control, 2.03) == (
+    assert str(ex.paper_verdict(seeds([0.79, 0.80, 0.81]), control, 2.03)) == (
         "does not reproduce here: no clear difference (+1.00 ± 1.41 points here, +2.03 in the paper)")
-    assert ex.paper_verdict(seeds([0.74, 0.75, 0.76]), control, 1.83).startswith(
+    assert str(ex.paper_verdict(seeds([0.74, 0.75, 0.76]), control, 1.83)).startswith(
         "does not reproduce here: the sign is reversed (-4.00 ± 1.41")
-    assert ex.paper_verdict(seeds([0.9]), seeds([0.7]), 1.0).startswith("does not reproduce here: no clear")
+    assert str(ex.paper_verdict(seeds([0.9]), seeds([0.7]), 1.0)).startswith("does not reproduce here: no clear")
 
 
 def test_best_setting_names_the_values_within_one_std():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cupl.cli import importer as importer_cli
 from cupl.data import importers
 from cupl.data.bank import FeatureBank
 from cupl.data.importers import FeatureImportError, import_tad, import_ucf, import_xd
@@ -177,15 +178,15 @@ def test_label_disagreement_and_train_test_overlap(tmp_path):
 def test_cli_import_ucf(tmp_path, capsys):
     root, _ = ucf_files(tmp_path)
     parser = argparse.ArgumentParser()
-    importers.configure_parser(parser)
+    importer_cli.configure_parser(parser)
     argv = ["ucf", "--train-list", str(tmp_path / "train.list"), "--test-list", str(tmp_path / "test.list"),
             "--annotations", str(tmp_path / "ann.txt"), "--feature-root", str(root),
             "--out", str(tmp_path / "b.h5"), "--no-progress"]
-    assert importers.main(parser.parse_args(argv)) == 0
+    assert importer_cli.main(parser.parse_args(argv)) == 0
     with FeatureBank.open(tmp_path / "b.h5") as bank:
         assert len(bank.videos("test")) == 3 and bank.attrs["dtype"] == "float16"
     (root / "Abuse001_x264_i3d.npy").unlink()
-    assert importers.main(parser.parse_args(argv[:-3] + ["--out", str(tmp_path / "c.h5")])) == 1
+    assert importer_cli.main(parser.parse_args(argv[:-3] + ["--out", str(tmp_path / "c.h5")])) == 1
     assert "Abuse001_x264_i3d.npy: missing file" in capsys.readouterr().out
     assert not (tmp_path / "c.h5").exists()
 

@@ -1,4 +1,4 @@
-"""The paper's numbers in `cupl.paper` against the paper's text, read independently here."""
+"""The paper's numbers in `cupl.experiments.paper` against the paper's text, read independently here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cupl import paper
+from cupl.experiments import paper
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "cu-pseudo-labels-cvpr2023.md"
 

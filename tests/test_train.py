@@ -10,7 +10,8 @@ from cupl.config import make_config
 from cupl.evaluate import evaluate_scores
 from cupl.mining import context_features, reliable_indices, temporal_context
 from cupl.models import ClipClassifier, MultiHeadClassifier
-from cupl.train import memory_table, pseudo_labels, run, score_clips, select_reliable, train_clip_classifier
+from cupl.experiments.steps import memory_table
+from cupl.experiments.train import pseudo_labels, run, score_clips, select_reliable, train_clip_classifier
 from cupl.uncertainty import mc_dropout
 from toy import toy_split
 
@@ -59,7 +60,7 @@ def test_seeded_run_beats_chance(learned, data):
 def test_repeated_run_is_bit_identical(learned):
     _, a, b = learned
     assert torch.equal(a.test_scores, b.test_scores)
-    for model_a, model_b in ((a.generator, b.generator), (a.classifier, b.classifier)):
+    for model_a, model_b in ((a.f_g, b.f_g), (a.f_c, b.f_c)):
         state_a, state_b = model_a.state_dict(), model_b.state_dict()
         assert state_a.keys() == state_b.keys()
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
@@ -70,7 +71,7 @@ def test_final_classifier_scores_are_its_own(learned, data):
     # score_clips: f_c in eval mode on temporal features, probabilities averaged over the crops
     _, result, _ = learned
     _, test, _ = data
-    f_c = result.classifier.eval()
+    f_c = result.f_c.eval()
     x = context_features(test.features, test.starts, torch.arange(test.num_clips), 5)  # [N, C, 2D]
     with torch.no_grad():
         expected = torch.sigmoid(f_c(x)).mean(dim=1)
@@ -82,7 +83,7 @@ def test_different_seeds_differ(data):
     a = run(tiny(seed=0), train, test, progress=False)
     b = run(tiny(seed=1), train, test, progress=False)
     assert not torch.equal(a.test_scores, b.test_scores)
-    assert not torch.equal(a.generator.fc1.weight, b.generator.fc1.weight)
+    assert not torch.equal(a.f_g.fc1.weight, b.f_g.fc1.weight)
 
 
 def test_run_does_not_touch_the_global_rng(data):
@@ -148,7 +149,7 @@ def test_standard_self_training_keeps_the_same_counts_in_a_run(data):
     assert not all(torch.equal(a["selected"], b["selected"]) for a, b in zip(ours.arrays, standard.arrays))
     baseline = run(tiny("baseline"), train, test, progress=False, keep_arrays=True)
     assert len(baseline.arrays) == 1 and bool(baseline.arrays[0]["selected"].all())
-    assert baseline.generator.num_heads == 1
+    assert baseline.f_g.num_heads == 1
 
 
 def test_normal_video_labels(data):
@@ -183,13 +184,13 @@ def test_pseudo_labels_average_mc_dropout_over_crops(data):
     train, _, _ = data
     torch.manual_seed(0)
     f_g = MultiHeadClassifier(16, 2, hidden=(32, 8)).eval()
-    labels, unc = pseudo_labels(f_g, train, 7, generator=torch.Generator().manual_seed(3))
+    labels, unc = pseudo_labels(f_g, train, 7, rng=torch.Generator().manual_seed(3))
     per_crop = [mc_dropout(f_g, train.features[:, c], 7, torch.Generator().manual_seed(3)) for c in range(2)]
     torch.testing.assert_close(labels, (per_crop[0][0] + per_crop[1][0]) / 2, rtol=0, atol=1e-6)
     torch.testing.assert_close(unc, (per_crop[0][1] + per_crop[1][1]) / 2, rtol=0, atol=1e-6)
 
     f_c = ClipClassifier(32, hidden=(16, 4)).eval()
-    labels, unc = pseudo_labels(f_c, train, 5, window=3, generator=torch.Generator().manual_seed(4), batch_size=100)
+    labels, unc = pseudo_labels(f_c, train, 5, window=3, rng=torch.Generator().manual_seed(4), batch_size=100)
     x = context_features(train.features, train.starts, torch.arange(train.num_clips), 3)
     per_crop = [mc_dropout(f_c, x[:, c], 5, torch.Generator().manual_seed(4)) for c in range(2)]
     torch.testing.assert_close(labels, (per_crop[0][0] + per_crop[1][0]) / 2, rtol=0, atol=1e-6)
@@ -233,7 +234,7 @@ def test_clip_classifier_equals_a_plain_loop_on_built_temporal_features(data):
     g = torch.Generator().manual_seed(0)
     labels, selected = torch.rand(train.num_clips, generator=g), torch.rand(train.num_clips, generator=g) < 0.5
     torch.manual_seed(5)
-    model = train_clip_classifier(train, labels, selected, cfg, 3, generator=torch.Generator().manual_seed(1))
+    model = train_clip_classifier(train, labels, selected, cfg, 3, rng=torch.Generator().manual_seed(1))
     # the plain loop: every (selected clip, crop) a sample, temporal features built in numpy
     built = torch.from_numpy(np.concatenate([train.features.numpy(), plain_memory(train, 3)], -1)).float()
     rows = torch.nonzero(selected).flatten()

@@ -17,7 +17,6 @@ names the notebook and the cell.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -29,19 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-EXECUTED = "_executed"
-CHAIN_PREFIX = f"{EXECUTED}/notebooks/"
+from cupl.book.chain import EXECUTED, NotebookRun, chain_notebooks, read_record, write_record
+from cupl.book.provenance import write_provenance
+from cupl.experiments.cache import bank_digest, default_cache, package_digest, synthetic_bank
+
 PROFILES = ("smoke", "quick", "full")
-BANK_PRESET = "ucf"
-BANK_SEED = 0
-# Files up to this size are hashed whole; larger (real) banks by size, head and tail.
-FULL_HASH_LIMIT = 256 * 2**20
-EDGE_BYTES = 16 * 2**20
-STATUS_TEXT = {"executed": "executed in this run", "unchanged": "inputs unchanged, reused"}
-PROVENANCE_PACKAGES = (
-    "cupl", "torch", "numpy", "h5py", "scikit-learn", "matplotlib", "pandas",
-    "papermill", "nbclient", "ipykernel", "jupyter-book", "myst-nb", "sphinx",
-)
 
 
 class UnknownParameterError(ValueError):
@@ -56,14 +47,6 @@ class BuildFailed(RuntimeError):
     """`jupyter-book build` failed (a warning counts as a failure)."""
 
 
-@dataclass
-class NotebookRun:
-    """One notebook of the chain. status: 'executed' (this run) or 'unchanged' (reused)."""
-
-    name: str
-    status: str
-    wall_s: float
-    finished: str
 
 
 @dataclass
@@ -76,52 +59,10 @@ class ChainResult:
     build_s: float | None
 
 
-def find_root(start: Path) -> Path:
-    """The book root: `start` or the nearest parent holding `_toc.yml`."""
-    start = start.resolve()
-    for folder in (start, *start.parents):
-        if (folder / "_toc.yml").is_file():
-            return folder
-    raise FileNotFoundError(f"no _toc.yml in {start} or any parent: run from the book's folder")
 
 
-def chain_notebooks(root: Path) -> list[str]:
-    """Names (`NN_topic`) of the executed notebooks that `_toc.yml` lists, in reading order."""
-    import yaml
-
-    toc_path = root / "_toc.yml"
-    toc = yaml.safe_load(toc_path.read_text())
-    names: list[str] = []
-
-    def visit(node):
-        if isinstance(node, dict):
-            for key in ("root", "file"):
-                entry = node.get(key)
-                if isinstance(entry, str) and entry.startswith(CHAIN_PREFIX):
-                    names.append(Path(entry).name.removesuffix(".ipynb"))
-            for value in node.values():
-                if isinstance(value, (list, dict)):
-                    visit(value)
-        elif isinstance(node, list):
-            for item in node:
-                visit(item)
-
-    visit(toc)
-    missing = [n for n in names if not (root / "notebooks" / f"{n}.ipynb").is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{toc_path} lists {[CHAIN_PREFIX + n for n in missing]} but "
-            f"{[f'notebooks/{n}.ipynb' for n in missing]} do not exist"
-        )
-    return names
 
 
-def parse_value(text: str):
-    """A `-p NAME VALUE` value: a Python literal when it parses as one, else the string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -145,40 +86,10 @@ def resolve_parameters(notebook: Path, declared: set[str], chain: dict, extra: d
     return params
 
 
-def bank_digest(path: Path) -> str:
-    """sha256 of the bank: of the whole file up to FULL_HASH_LIMIT bytes (every synthetic
-    bank), else of its size, first and last EDGE_BYTES (real multi-GB banks; the HDF5
-    superblock and object headers sit there). mtime is left out on purpose, so a
-    regenerated identical bank does not force a rerun."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= FULL_HASH_LIMIT:
-            for block in iter(lambda: f.read(2**20), b""):
-                h.update(block)
-        else:
-            h.update(f.read(EDGE_BYTES))
-            f.seek(size - EDGE_BYTES)
-            h.update(f.read(EDGE_BYTES))
-    return h.hexdigest()
 
 
-def tree_digest(folder: Path) -> str:
-    """sha256 over the relative paths and contents of every file under `folder`
-    (bytecode caches excluded)."""
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            h.update(path.relative_to(folder).as_posix().encode() + b"\0")
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
 
 
-def package_digest() -> str:
-    """Digest of the installed `cupl` package: every source and packaged resource."""
-    import cupl
-
-    return tree_digest(Path(cupl.__file__).parent)
 
 
 def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | None) -> str:
@@ -192,43 +103,10 @@ def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | Non
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def synthetic_bank(profile: str, cache_dir: Path, progress: bool = True) -> Path:
-    """The embedded benchmark bank for `profile`, written once under `cache_dir`.
-
-    The file name carries preset, profile, seed, the generator's GENERATOR_VERSION and a
-    digest of the `cupl.data` sources, so a changed generator never reuses an old bank
-    even when its version number was not bumped."""
-    import cupl.data
-    from cupl.data.synth import GENERATOR_VERSION, write_synthetic
-
-    sources = tree_digest(Path(cupl.data.__file__).parent)[:8]
-    stem = f"{BANK_PRESET}-{profile}-seed{BANK_SEED}-v{GENERATOR_VERSION}-{sources}"
-    path = cache_dir / f"{stem}.h5"
-    if path.is_file():
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{stem}.{os.getpid()}.tmp.h5")
-    if progress:
-        print(f"writing the synthetic {BANK_PRESET} bank, profile {profile!r}: {path}", flush=True)
-    try:
-        write_synthetic(tmp, preset=BANK_PRESET, profile=profile, seed=BANK_SEED, progress=progress)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _kernel_manager_class():
@@ -350,7 +228,7 @@ def run_chain(
     """Execute the chain of `_toc.yml` under `root` and (unless `build=False`) build the book.
 
     bank: a feature bank file; None makes (or reuses) the synthetic bank of `profile`
-    under `cache_dir` (default `root/.cupl-cache/banks`). seeds, device: passed only when
+    under `cache_dir` (default: `cupl.experiments.cache.default_cache`, $CUPL_CACHE if set). seeds, device: passed only when
     given. extra: more parameters, each of which every selected notebook must declare.
     only: notebook numbers or names to run. progress: per-notebook lines and papermill's
     cell progress bar. Raises UnknownParameterError before anything runs, NotebookFailed,
@@ -372,7 +250,7 @@ def run_chain(
     bank_path, bank_hash = None, None
     if any("bank" in d for d in declared.values()):
         if bank is None:
-            cache = Path(cache_dir) if cache_dir else root / ".cupl-cache" / "banks"
+            cache = Path(cache_dir) if cache_dir else default_cache(root)
             bank_path = synthetic_bank(profile, cache, progress)
         else:
             bank_path = Path(bank).resolve()
@@ -390,7 +268,7 @@ def run_chain(
         digest = input_digest(source, params, code, bank_hash if "bank" in params else None)
         executed = root / EXECUTED / "notebooks" / f"{name}.ipynb"
         record_path = executed.with_suffix(".run.json")
-        record = _read_json(record_path)
+        record = read_record(record_path)
         if not force and executed.is_file() and record and record.get("digest") == digest:
             runs.append(NotebookRun(name, "unchanged", record["wall_s"], record["finished"]))
             if progress:
@@ -400,7 +278,7 @@ def run_chain(
             print(f"[{i}/{len(selected)}] {name}: running with {params}", flush=True)
         wall = execute_notebook(root, name, params, progress)
         finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        _write_json(record_path, {"digest": digest, "parameters": params, "wall_s": wall,
+        write_record(record_path, {"digest": digest, "parameters": params, "wall_s": wall,
                                   "finished": finished, "bank_sha256": bank_hash})
         runs.append(NotebookRun(name, "executed", wall, finished))
         if progress:
@@ -413,103 +291,12 @@ def run_chain(
     return ChainResult(runs, bank_path, build_s)
 
 
-def cpu_name() -> str:
-    """The processor's model name, for provenance and benchmark reports."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def _torch_device() -> str:
-    try:
-        import torch
-    except ImportError:
-        return "torch not installed"
-    if torch.cuda.is_available():
-        return f"cuda available: {torch.cuda.get_device_name(0)}"
-    return "cpu only (no CUDA device visible)"
 
 
-def _git_commit(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
-def write_provenance(root: Path, runs: list[NotebookRun], profile: str, bank: Path | None,
-                     bank_hash: str | None, chain: dict, extra: dict) -> Path:
-    """Write `_executed/provenance.md`: environment, device, and per-notebook run times and
-    status for every notebook of the chain (those not run now are reported from their records)."""
-    import importlib.metadata
-    import platform
-
-    by_name = {r.name: r for r in runs}
-    rows = []
-    for name in chain_notebooks(root):
-        executed = root / EXECUTED / "notebooks" / f"{name}.ipynb"
-        record = _read_json(executed.with_suffix(".run.json"))
-        run = by_name.get(name)
-        if run is not None:
-            rows.append((name, STATUS_TEXT[run.status], f"{run.wall_s:.1f}", run.finished))
-        elif executed.is_file() and record:
-            wall = f"{record['wall_s']:.1f}"
-            rows.append((name, "not selected, earlier copy", wall, record["finished"]))
-        else:
-            rows.append((name, "not executed", "", ""))
-
-    def version(package: str) -> str:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    shown = {k: v for k, v in chain.items() if k != "bank" and v is not None}
-    lines = [
-        "# Provenance",
-        "",
-        "Written by `cupl book` after executing the chain: what produced the pages of this book.",
-        "",
-        "| setting | value |",
-        "| --- | --- |",
-        f"| date | {datetime.now(timezone.utc).isoformat(timespec='seconds')} |",
-        f"| profile | `{profile}` |",
-        f"| parameters | `{json.dumps({**shown, **extra}, sort_keys=True, default=str)}` |",
-        f"| bank | `{bank.name if bank else 'none'}` |",
-        f"| bank sha256 | `{bank_hash[:16] if bank_hash else '-'}` |",
-        f"| git commit | `{_git_commit(root)}` |",
-        f"| python | {platform.python_version()} ({platform.python_implementation()}) |",
-        f"| torch device | {_torch_device()} |",
-        f"| CPU | {cpu_name()}, {os.cpu_count()} logical cores |",
-        f"| platform | {platform.platform()} |",
-        "",
-        "## Notebooks",
-        "",
-        "| notebook | status | run time (s) | finished (UTC) |",
-        "| --- | --- | ---: | --- |",
-        *[f"| {{doc}}`notebooks/{n}` | {s} | {t} | {f} |" for n, s, t, f in rows],
-        "",
-        "## Packages",
-        "",
-        "| package | version |",
-        "| --- | --- |",
-        *[f"| {p} | {version(p)} |" for p in PROVENANCE_PACKAGES],
-        "",
-    ]
-    path = root / EXECUTED / "provenance.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
-    return path
 
 
 def _jupyter_book() -> str:
@@ -548,37 +335,5 @@ def build_book(root: Path, force: bool = False, progress: bool = True) -> float:
     return wall
 
 
-def configure_parser(parser) -> None:
-    parser.add_argument("--profile", choices=PROFILES, default="quick",
-                        help="benchmark size and training budget (default: quick)")
-    parser.add_argument("--bank", type=Path, default=None,
-                        help="feature bank (.h5); default: the embedded synthetic benchmark")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per training result")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                        metavar=("NAME", "VALUE"),
-                        help="another notebook parameter (a Python literal or a string); "
-                             "refused if a selected notebook does not declare it")
-    parser.add_argument("--only", action="append", default=None, metavar="NN",
-                        help="run only this notebook (number or name); repeatable")
-    parser.add_argument("--no-build", action="store_true", help="execute, do not build")
-    parser.add_argument("--force", action="store_true",
-                        help="rerun every notebook and rebuild every page")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def main(args) -> int:
-    try:
-        result = run_chain(
-            find_root(Path.cwd()), profile=args.profile, bank=args.bank, seeds=args.seeds,
-            device=args.device, extra={k: parse_value(v) for k, v in args.parameter},
-            only=args.only, force=args.force, build=not args.no_build, progress=not args.quiet,
-        )
-    except (UnknownParameterError, NotebookFailed, BuildFailed, FileNotFoundError, ValueError) as exc:
-        print(f"cupl book: {exc}", file=sys.stderr)
-        return 1
-    executed = sum(r.status == "executed" for r in result.runs)
-    total = sum(r.wall_s for r in result.runs if r.status == "executed")
-    build = f", book built in {result.build_s:.1f} s" if result.build_s is not None else ""
-    print(f"{executed} of {len(result.runs)} notebooks executed in {total:.1f} s{build}")
-    return 0

@@ -14,6 +14,8 @@ are given, in the text's words.
 
 from __future__ import annotations
 
+import pandas as pd
+
 # Table 1: UCF-Crime, frame-level AUC (%).
 TABLE1_UCF = [
     {"supervision": "semi", "method": "Hasan et al. [9]", "feature": "AE", "auc": 50.60},
@@ -96,3 +98,17 @@ FIG4_CLAIM = "setting R to 0.5 is an optimum choice. As R increases, the AUC imp
 
 __all__ = ["TABLE1_UCF", "TABLE2_TAD", "TABLE3_XD", "TABLES", "HEADLINE", "TABLE4_ABLATION", "TABLE4_GAINS",
            "TABLE5_HEADS", "TABLE6_ALPHA", "FIG3_ITERATIONS", "FIG3_CLAIM", "FIG4_RATIO", "FIG4_CLAIM"]
+
+
+def paper_table(preset: str, ours: str | None = None, label: str = "cupl, this bank") -> pd.DataFrame:
+    """Table 1, 2 or 3 of the paper (`TABLES`), its numbers in a column labelled as the
+    paper's, and `ours` (e.g. a `mean_pm` string) beside the paper's own I3D row in a column `label`."""
+    if preset not in TABLES:
+        raise ValueError(f"paper_table: no table for preset {preset!r}; choose from {sorted(TABLES)}")
+    table = pd.DataFrame(TABLES[preset])
+    metric = table.columns[-1]
+    table = table.rename(columns={metric: f"{metric.upper()} (%), the paper's"})
+    table[label] = ""
+    own = table["method"].str.contains("this method") & (table["feature"] == "I3D")
+    table.loc[own, label] = "not run" if ours is None else ours
+    return table.set_index(["supervision", "method", "feature"])

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from cupl.util import to_numpy
+
 PAPER_STYLE = {"color": "0.35", "linestyle": "--", "marker": "s", "markersize": 4}
-
-
-def _np(x):
-    if hasattr(x, "detach"):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x)
 
 
 def shade_intervals(ax, mask, x=None, color="tab:red", alpha=0.15, label="annotated anomaly"):
     """Shade the runs of ones in a 0/1 mask (frames or clips) along x."""
-    mask = _np(mask).astype(bool)
-    x = np.arange(len(mask), dtype=float) if x is None else _np(x).astype(float)
+    mask = to_numpy(mask).astype(bool)
+    x = np.arange(len(mask), dtype=float) if x is None else to_numpy(x).astype(float)
     step = x[1] - x[0] if len(x) > 1 else 1.0
     right = np.append(x[1:], x[-1] + step)  # a run covers its last step too: one-clip events show
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
@@ -28,9 +24,9 @@ def shade_intervals(ax, mask, x=None, color="tab:red", alpha=0.15, label="annota
 
 def score_curve(ax, frame_scores, frame_labels=None, title=None, color="tab:blue", label="anomaly score"):
     """A test video's frame scores with its annotated intervals shaded (the paper's Fig. 5)."""
-    s = _np(frame_scores)
+    s = to_numpy(frame_scores)
     if frame_labels is not None:
-        shade_intervals(ax, _np(frame_labels)[: len(s)])
+        shade_intervals(ax, to_numpy(frame_labels)[: len(s)])
     ax.plot(np.arange(len(s)), s, color=color, lw=1.2, label=label)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("frame")
@@ -42,9 +38,9 @@ def score_curve(ax, frame_scores, frame_labels=None, title=None, color="tab:blue
 
 def head_curves(ax, head_scores, truth=None, title=None):
     """Per-head segment scores of one video [S, K], with the true anomalous share shaded (Fig. 1)."""
-    h = _np(head_scores)
+    h = to_numpy(head_scores)
     if truth is not None:
-        shade_intervals(ax, _np(truth) > 0.5, label="anomalous segment (oracle)")
+        shade_intervals(ax, to_numpy(truth) > 0.5, label="anomalous segment (oracle)")
     for k in range(h.shape[1]):
         ax.plot(np.arange(h.shape[0]), h[:, k], marker=".", lw=1, label=f"head {k + 1}")
     ax.set_xlabel("segment")
@@ -55,7 +51,7 @@ def head_curves(ax, head_scores, truth=None, title=None):
 
 
 def roc(ax, fpr, tpr, label):
-    ax.plot(_np(fpr), _np(tpr), label=label)
+    ax.plot(to_numpy(fpr), to_numpy(tpr), label=label)
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -63,7 +59,7 @@ def roc(ax, fpr, tpr, label):
 
 
 def pr(ax, recall, precision, label):
-    ax.plot(_np(recall), _np(precision), label=label)
+    ax.plot(to_numpy(recall), to_numpy(precision), label=label)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     return ax

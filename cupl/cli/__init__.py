@@ -1,8 +1,5 @@
-"""The `cupl` command: one subcommand per task, each implemented beside the idea it runs.
-
-Every subcommand lives in its own module, which exposes `configure_parser(parser)` and
-`main(args) -> int`; this file only routes, so modules stay independent.
-"""
+"""The `cupl` command: one module per subcommand, each with `configure_parser(parser)` and
+`main(args) -> int`; this file only routes."""
 
 from __future__ import annotations
 
@@ -11,12 +8,12 @@ import importlib
 import sys
 
 COMMANDS = {
-    "synth": ("cupl.data.synth", "write an embedded synthetic benchmark bank (.h5)"),
-    "import": ("cupl.data.importers", "import real I3D / VGGish features into a bank"),
-    "train": ("cupl.train", "run the two-stage method on a bank"),
-    "evaluate": ("cupl.checkpoint", "evaluate a stage-2 checkpoint (cupl or official) on a bank"),
-    "book": ("cupl.book", "execute the notebook chain with papermill and build the book"),
-    "collect": ("cupl.collect", "gather glued results of executed notebooks into one table"),
+    "synth": ("cupl.cli.synth", "write an embedded synthetic benchmark bank (.h5)"),
+    "import": ("cupl.cli.importer", "import real I3D / VGGish features into a bank"),
+    "train": ("cupl.cli.train", "run the two-stage method on a bank"),
+    "evaluate": ("cupl.cli.evaluate", "evaluate a stage-2 checkpoint (cupl or official) on a bank"),
+    "book": ("cupl.cli.book", "execute the notebook chain with papermill and build the book"),
+    "collect": ("cupl.cli.collect", "gather glued results of executed notebooks into one table"),
 }
 
 

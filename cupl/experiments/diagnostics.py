@@ -4,8 +4,8 @@ Training never calls these (it only logs `pseudo_label_quality`). Most need clip
 truth, which only the synthetic benchmark has: the quality of pseudo labels and of the
 reliable clips mined from them (Sec. 3.3), how uncertainty tracks their error (Eq. 8-10),
 and how completely they cover the anomalous events of a video (Sec. 3.2). `event_runs`
-also finds the annotated intervals of test frames, and `verdict` puts two sets of per-seed
-results into words for the book's prose.
+also finds the annotated intervals of test frames, and `example_videos` picks the test videos
+the book looks at.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from cupl.method.mining import reliable_mask_split
+from cupl.util import to_numpy
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,10 +63,6 @@ def pseudo_label_quality(labels: torch.Tensor, uncertainty: torch.Tensor, select
     }
 
 
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
 def _check_rows(name: str, x: np.ndarray, num_clips: int):
     if x.shape != (num_clips,):
         raise ValueError(f"{name}: expected shape [{num_clips}] (one value per clip of the split), got {x.shape}")
@@ -77,7 +76,7 @@ def event_runs(mask, offsets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     returns: (video [E], start [E], end [E]) int64, start/end relative to the video's first
     row, end exclusive, sorted by video then start.
     """
-    m, off = _np(mask).astype(bool), _np(offsets).astype(np.int64)
+    m, off = to_numpy(mask).astype(bool), to_numpy(offsets).astype(np.int64)
     _check_rows("event_runs mask", m, int(off[-1]))
     video = np.repeat(np.arange(len(off) - 1), np.diff(off))
     first = np.zeros(len(m), dtype=bool)
@@ -108,7 +107,7 @@ def event_coverage(labels, oracle, split, *, min_events: int = 2, level: float =
     """
     if not 0.0 < level <= 1.0:
         raise ValueError(f"event_coverage: level must be in (0, 1], got {level!r}")
-    y, truth, off = _np(labels).astype(np.float64), _np(oracle), _np(split.offsets).astype(np.int64)
+    y, truth, off = to_numpy(labels).astype(np.float64), to_numpy(oracle), to_numpy(split.offsets).astype(np.int64)
     _check_rows("event_coverage labels", y, split.num_clips)
     _check_rows("event_coverage oracle", truth, split.num_clips)
     video, start, end = event_runs(truth > threshold, off)
@@ -116,7 +115,7 @@ def event_coverage(labels, oracle, split, *, min_events: int = 2, level: float =
     clip_video = np.repeat(np.arange(split.num_videos), np.diff(off))
     normal = truth == 0
     normal_counts = np.bincount(clip_video[normal], minlength=split.num_videos)
-    keep = (_np(split.labels) == 1) & (counts >= min_events) & (normal_counts > 0)
+    keep = (to_numpy(split.labels) == 1) & (counts >= min_events) & (normal_counts > 0)
     events = keep[video]
     video, start, end = video[events], start[events], end[events]
     if len(video) == 0:
@@ -157,7 +156,7 @@ def _count_below(values, groups, pool, pool_groups) -> np.ndarray:
 
 def _abnormal_rows(split) -> np.ndarray:
     """[N] bool: clips of abnormal videos, the only ones whose pseudo labels can be wrong."""
-    return np.repeat(_np(split.labels) == 1, _np(split.lengths))
+    return np.repeat(to_numpy(split.labels) == 1, to_numpy(split.lengths))
 
 
 def uncertainty_bins(labels, uncertainty, oracle, split, bins: int = 10) -> pd.DataFrame:
@@ -172,7 +171,7 @@ def uncertainty_bins(labels, uncertainty, oracle, split, bins: int = 10) -> pd.D
 
     if bins < 1:
         raise ValueError(f"uncertainty_bins: bins must be >= 1, got {bins!r}")
-    arrays = [_np(a).astype(np.float64) for a in (labels, uncertainty, oracle)]
+    arrays = [to_numpy(a).astype(np.float64) for a in (labels, uncertainty, oracle)]
     for name, a in zip(("labels", "uncertainty", "oracle"), arrays):
         _check_rows(f"uncertainty_bins {name}", a, split.num_clips)
     y, u, truth = (a[_abnormal_rows(split)] for a in arrays)
@@ -198,9 +197,8 @@ def selection_quality(labels, keys, oracle, split, ratios) -> pd.DataFrame:
     """
     import pandas as pd
 
-    from cupl.mining import reliable_mask_split
 
-    arrays = [_np(a).astype(np.float64) for a in (labels, keys, oracle)]
+    arrays = [to_numpy(a).astype(np.float64) for a in (labels, keys, oracle)]
     for name, a in zip(("labels", "keys", "oracle"), arrays):
         _check_rows(f"selection_quality {name}", a, split.num_clips)
     abnormal = _abnormal_rows(split)
@@ -208,36 +206,32 @@ def selection_quality(labels, keys, oracle, split, ratios) -> pd.DataFrame:
     hard = (truth > 0.5).astype(np.uint8)
     rows = []
     for ratio in ratios:
-        kept = reliable_mask_split(torch.as_tensor(arrays[1]), _cpu(split.offsets), float(ratio)).numpy()[abnormal]
+        kept = reliable_mask_split(torch.as_tensor(arrays[1]), torch.as_tensor(split.offsets).cpu(), float(ratio)).numpy()[abnormal]
         rows.append({"ratio": float(ratio), "kept": float(kept.mean()), "label_auc": _auc(y[kept], hard[kept]),
                      "label_mae": float(np.abs(y[kept] - truth[kept]).mean()), "anomalous": float(hard[kept].mean())})
     return pd.DataFrame(rows)
 
 
-def _cpu(x):
-    return x.cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+def example_videos(split) -> dict[str, int]:
+    """Three test videos to look at (the paper's Fig. 5): indices into `split`.
 
-
-def verdict(ours, other, *, scale: float = 100.0, unit: str = "points", digits: int = 1,
-            higher: str = "higher", lower: str = "lower") -> str:
-    """Two sets of per-seed results in words, for the prose of a chapter.
-
-    ours, other: per-seed values (e.g. the final AUC of each seed). The difference of the
-    means is judged against the spread s = sqrt(std(ours)^2 + std(other)^2), the standard
-    deviation of the difference of two single runs: "higher by 1.3 ± 0.9 points" when it
-    exceeds s, "no clear difference (0.4 ± 0.9 points, within one standard deviation)"
-    otherwise; with one seed on either side there is no spread to judge and the text says so.
+    "multi-event": the abnormal video with the most annotated intervals (the longer video on
+    ties); "long event": another abnormal video with the longest single interval (in frames);
+    "normal": the longest normal video, where false alarms have the most room.
     """
-    a, b = np.asarray(ours, dtype=np.float64) * scale, np.asarray(other, dtype=np.float64) * scale
-    if a.size == 0 or b.size == 0:
-        raise ValueError(f"verdict: needs at least one value on each side, got {a.size} and {b.size}")
-    diff, unit = a.mean() - b.mean(), f" {unit}" if unit else ""
-    word = higher if diff > 0 else lower
-    if min(a.size, b.size) < 2:
-        if diff == 0:
-            return "no difference (one seed: no spread to judge)"
-        return f"{word} by {abs(diff):.{digits}f}{unit} (one seed: no spread to judge)"
-    spread = float(np.hypot(a.std(ddof=1), b.std(ddof=1)))
-    if abs(diff) > spread:
-        return f"{word} by {abs(diff):.{digits}f} ± {spread:.{digits}f}{unit}"
-    return f"no clear difference ({diff:+.{digits}f} ± {spread:.{digits}f}{unit}, within one standard deviation)"
+    if split.frame_labels is None:
+        raise ValueError("example_videos: the split has no frame labels (is it a test split?)")
+    lengths = np.array([len(m) for m in split.frame_labels])
+    video, start, end = event_runs(np.concatenate(split.frame_labels).astype(bool),
+                                   np.concatenate([[0], np.cumsum(lengths)]))
+    counts = np.bincount(video, minlength=split.num_videos)
+    longest = np.zeros(split.num_videos, dtype=np.int64)
+    np.maximum.at(longest, video, end - start)
+    abnormal = split.labels.cpu().numpy() == 1
+    if counts[abnormal].max(initial=0) == 0 or not (~abnormal).any():
+        raise ValueError("example_videos: the split needs an annotated abnormal video and a normal video")
+    multi = int(np.lexsort((lengths, np.where(abnormal, counts, -1)))[-1])
+    others = np.where(abnormal & (np.arange(split.num_videos) != multi), longest, -1)
+    long = int(np.argmax(others)) if others.max() > 0 else multi
+    normal = int(np.argmax(np.where(abnormal, -1, lengths)))
+    return {"multi-event": multi, "long event": long, "normal": normal}

@@ -15,18 +15,15 @@ Non-scalar glues (figures, tables) are left out.
 
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import json
-import os
-import re
-import sys
 from pathlib import Path
 
+from cupl.files import atomic_write
+from cupl.util import parse_literal
+
 FIXED_COLUMNS = ("notebook", "run_time_s")
-# repr of a numpy scalar under numpy >= 2, e.g. np.float64(0.25)
-_NUMPY_SCALAR = re.compile(r"^np\.\w+\((.*)\)$", re.DOTALL)
 
 
 def _is_scalar(value) -> bool:
@@ -35,14 +32,7 @@ def _is_scalar(value) -> bool:
 
 def parse_repr(text: str):
     """The scalar a `text/plain` repr shows ('0.25', 'np.float64(0.25)', "'x'"), else None."""
-    text = text.strip()
-    match = _NUMPY_SCALAR.match(text)
-    if match:
-        text = match.group(1)
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
+    value = parse_literal(text, strict=True)
     return value if _is_scalar(value) else None
 
 
@@ -119,14 +109,8 @@ def write_csv(rows: list[dict], path: Path | str) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=columns(rows), restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    text = buffer.getvalue()
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -145,18 +129,5 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def configure_parser(parser) -> None:
-    parser.add_argument("folder", type=Path, help="folder of executed notebooks (papermill outputs)")
-    parser.add_argument("--csv", type=Path, default=None, help="also write the table to this CSV file")
 
 
-def main(args) -> int:
-    try:
-        rows = collect(args.folder)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"cupl collect: {exc}", file=sys.stderr)
-        return 1
-    print(format_table(rows))
-    if args.csv is not None:
-        print(f"wrote {write_csv(rows, args.csv)}")
-    return 0

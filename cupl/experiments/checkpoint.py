@@ -17,11 +17,11 @@ no apex and no CUDA are needed.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from cupl.files import atomic_write
 
 FORMAT = "cupl.ClipClassifier"
 _LAYERS = (0, 3, 5)  # the Linear layers of the released `Regressor` (1: ReLU, 2 and 4: dropout)
@@ -69,7 +69,7 @@ def _read(path) -> dict:
 def load_checkpoint(path):
     """A `ClipClassifier` in eval mode, on the CPU, from the released ``{"model": ...}`` file or
     a cupl file. Raises CheckpointError for any other layout (missing or unknown keys, shapes)."""
-    from cupl.models import ClipClassifier
+    from cupl.method.models import ClipClassifier
 
     blob = _read(path)
     state = blob["model"]
@@ -89,18 +89,6 @@ def load_checkpoint(path):
 def load_config(path) -> dict:
     """The run configuration stored in a cupl checkpoint; {} for the released file."""
     return dict(_read(path).get("config", {}))
-
-
-def write_atomic(path: Path, write):
-    """Run `write(binary file)` on a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            write(fp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _check_plain(value, where: str):
@@ -132,7 +120,7 @@ def save_checkpoint(path, model, config=None) -> Path:
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     path = Path(path)
-    write_atomic(path, lambda fp: torch.save(blob, fp))
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
     return path
 
 
@@ -149,7 +137,7 @@ def score_split(model, split, window: int = 5, batch_size: int = 65536, device=N
     over the crops; ``crops="mean"`` averages the crops' features first, for models trained
     that way. `batch_size` counts (clip, crop) inputs per forward pass, on `device`.
     """
-    from cupl.train import prepare_split, score_clips
+    from cupl.experiments.train import prepare_split, score_clips
 
     if model.in_dim != 2 * split.features.shape[-1]:
         raise ValueError(
@@ -172,7 +160,7 @@ def evaluate_checkpoint(checkpoint, bank, *, modality: str | None = None, window
     list order) and what was evaluated.
     """
     from cupl.data.bank import FeatureBank
-    from cupl.evaluate import evaluate_scores
+    from cupl.method.evaluate import evaluate_scores
 
     model = load_checkpoint(checkpoint)
     config = load_config(checkpoint)
@@ -191,48 +179,3 @@ def evaluate_checkpoint(checkpoint, bank, *, modality: str | None = None, window
 
 # ---------------------------------------------------------------------------------------
 # `cupl evaluate`
-
-
-def configure_parser(parser):
-    parser.add_argument("--checkpoint", required=True, help="stage-2 checkpoint (released UCF_0.8622.pth or cupl's)")
-    parser.add_argument("--bank", required=True, help="feature bank (.h5) with a test split")
-    parser.add_argument("--modality", choices=["rgb", "audio", "rgb+audio"],
-                        help="features to score (default: the checkpoint's config, else rgb)")
-    parser.add_argument("--window", type=int,
-                        help="temporal context window w (default: the checkpoint's config, else 5)")
-    parser.add_argument("--batch-size", type=int, default=65536,
-                        help="(clip, crop) inputs per forward pass (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
-    parser.add_argument("--json", help="write the metrics to this JSON file")
-    parser.add_argument("--frame-scores", help="write the frame scores (16 per clip, list order) to this .npy")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def main(args) -> int:
-    import json
-
-    import numpy as np
-
-    from cupl.evaluate import frame_scores
-
-    try:
-        result = evaluate_checkpoint(args.checkpoint, args.bank, modality=args.modality, window=args.window,
-                                     batch_size=args.batch_size, device=args.device,
-                                     progress=not args.no_progress)
-    except (CheckpointError, ValueError) as err:
-        print(f"cupl evaluate: {err}")
-        return 1
-    clip_scores = result.pop("clip_scores")
-    print(f"{result['num_videos']} test videos of {args.bank}, {result['modality']}, w = {result['window']}")
-    for key, what in (("auc", "frame ROC-AUC (Tables 1, 2)"), ("pr_auc", "AP as auc(recall, precision) (Table 3)"),
-                      ("ap", "AP, scikit-learn average_precision_score"),
-                      ("auc_abnormal", "ROC-AUC on abnormal videos only")):
-        mark = "*" if key == result["metric"] else " "
-        print(f"{mark} {key:>12} {result[key]:.4f}  {what}")
-    if args.json:
-        text = json.dumps(result, indent=2, default=float).encode()
-        write_atomic(Path(args.json), lambda fp: fp.write(text))
-    if args.frame_scores:
-        frames = frame_scores(clip_scores).numpy()
-        write_atomic(Path(args.frame_scores), lambda fp: np.save(fp, frames))
-    return 0

@@ -1,0 +1,174 @@
+"""The disk cache of experiments: embedded banks, stage-1 models and finished runs.
+
+What a model or a result depends on besides its settings is the bank's content, the `cupl`
+sources and the torch version (`Data.digest`); each cache entry is named by a hash of that
+digest and of its settings, and written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from cupl.config import RunConfig, to_dict
+from cupl.experiments.train import RunResult, run
+from cupl.files import atomic_write
+from cupl.method.losses import completeness_terms
+
+BANK_PRESET = "ucf"
+BANK_SEED = 0
+# Files up to this size are hashed whole; larger (real) banks by size, head and tail.
+FULL_HASH_LIMIT = 256 * 2**20
+EDGE_BYTES = 16 * 2**20
+
+
+def default_cache(start: Path | None = None) -> Path:
+    """Where embedded banks are cached: $CUPL_CACHE, else `.cupl-cache/banks` of the checkout
+    holding `start` (default: the working directory), else the user's cache folder."""
+    if os.environ.get("CUPL_CACHE"):
+        return Path(os.environ["CUPL_CACHE"])
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").exists() and (folder / "cupl").is_dir():
+            return folder / ".cupl-cache" / "banks"
+    return Path.home() / ".cache" / "cupl" / "banks"
+
+
+def bank_digest(path: Path) -> str:
+    """sha256 of the bank: of the whole file up to FULL_HASH_LIMIT bytes (every synthetic
+    bank), else of its size, first and last EDGE_BYTES (real multi-GB banks; the HDF5
+    superblock and object headers sit there). mtime is left out on purpose, so a
+    regenerated identical bank does not force a rerun."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_LIMIT:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(EDGE_BYTES))
+            f.seek(size - EDGE_BYTES)
+            h.update(f.read(EDGE_BYTES))
+    return h.hexdigest()
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over the relative paths and contents of every file under `folder`
+    (bytecode caches excluded)."""
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def package_digest() -> str:
+    """Digest of the installed `cupl` package: every source and packaged resource."""
+    import cupl
+
+    return tree_digest(Path(cupl.__file__).parent)
+
+
+def synthetic_bank(profile: str, cache_dir: Path, progress: bool = True) -> Path:
+    """The embedded benchmark bank for `profile`, written once under `cache_dir`.
+
+    The file name carries preset, profile, seed, the generator's GENERATOR_VERSION and a
+    digest of the `cupl.data` sources, so a changed generator never reuses an old bank
+    even when its version number was not bumped."""
+    import cupl.data
+    from cupl.data.synth import GENERATOR_VERSION, write_synthetic
+
+    sources = tree_digest(Path(cupl.data.__file__).parent)[:8]
+    stem = f"{BANK_PRESET}-{profile}-seed{BANK_SEED}-v{GENERATOR_VERSION}-{sources}"
+    path = cache_dir / f"{stem}.h5"
+    if path.is_file():
+        return path
+    if progress:
+        print(f"writing the synthetic {BANK_PRESET} bank, profile {profile!r}: {path}", flush=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_synthetic(path, preset=BANK_PRESET, profile=profile, seed=BANK_SEED, progress=progress)
+    return path
+
+
+def stage1_key(config: RunConfig) -> tuple:
+    """Every setting stage 1 reads (Algorithm 1, l. 2-5), and nothing else.
+
+    With one head or without L_diver, Eq. 7 is L_MIL alone: alpha and the diversity switches
+    then change nothing, so K = 1 of Table 5 shares its f_g with the baseline of Table 4.
+    mc_passes is read after stage 1 (the first pseudo labels) and is left out.
+    """
+    g = dataclasses.asdict(config.generator)
+    del g["mc_passes"]
+    if not completeness_terms(g["num_heads"], g["diversity"]):
+        g.update(diversity=False, alpha=0.0, diversity_on_normal=False)
+    return (tuple(sorted(g.items())), config.seed, config.crops, config.modality, config.device, config.amp)
+
+def cache_path(data: "Data", kind: str, key) -> Path | None:
+    """The file of `key` in the disk cache (None without one): `kind`-<digest>."""
+    if data.cache is None:
+        return None
+    name = hashlib.sha256(json.dumps([data.digest, repr(key)]).encode()).hexdigest()[:24]
+    return data.cache / f"{kind}-{name}"
+
+def load_stage1(data: "Data", key: tuple, config: RunConfig):
+    """The stage-1 model of `key` from memory or the disk cache, else None."""
+    if key in data.generators:
+        return data.generators[key]
+    path = cache_path(data, "f_g", key)
+    if path is None or not path.is_file():
+        return None
+    from cupl.method.models import MultiHeadClassifier
+
+    g = config.generator
+    model = MultiHeadClassifier(data.train.features.shape[-1], g.num_heads, g.hidden, g.dropout)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    data.generators[key] = model.eval()
+    return model
+
+def store_stage1(data: "Data", key: tuple, model) -> None:
+    """Keep a stage-1 model in memory and in the disk cache."""
+    data.generators[key] = model
+    path = cache_path(data, "f_g", key)
+    if path is not None and not path.is_file():
+        atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+
+def load_run(data: "Data", run_key: str) -> RunResult | None:
+    """A run's results from the disk cache: config, metrics, history and timings, without
+    models, test scores or arrays (enough for `run_seeds` with keep=False). None if absent."""
+    path = cache_path(data, "run", run_key)
+    if path is None or not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return RunResult(saved["config"], saved["metrics"], saved["history"], saved["timings"],
+                     f_g=None, f_c=None, test_scores=None)
+
+def store_run(data: "Data", run_key: str, result: RunResult) -> None:
+    path = cache_path(data, "run", run_key)
+    if path is not None and not path.is_file():
+        saved = {k: getattr(result, k) for k in ("config", "metrics", "history", "timings")}
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(saved)))
+
+def run_once(data: "Data", config: RunConfig, keep: bool) -> RunResult:
+    """`train.run` of `config`, or the same run made earlier (memory, then disk cache).
+
+    keep=True needs the models, scores and arrays of a run, which only a run made in this
+    process with keep=True holds; anything else is run again.
+    """
+    run_key = json.dumps(to_dict(config), sort_keys=True)
+    done = data.runs.get(run_key) or (None if keep else load_run(data, run_key))
+    if done is not None and (done.arrays or not keep):
+        data.runs[run_key] = done
+        return done
+    key = stage1_key(config)
+    result = run(config, data.train, data.test, oracle=data.oracle, progress=False, keep_arrays=keep,
+                 f_g=load_stage1(data, key, config))
+    store_stage1(data, key, result.f_g)
+    store_run(data, run_key, result)
+    data.runs[run_key] = result
+    return result

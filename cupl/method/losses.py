@@ -1,0 +1,113 @@
+"""Losses of the completeness-enhanced pseudo-label generator (Sec. 3.2) and of f_c (Eq. 11).
+
+Shapes: B videos (pairs), K heads, S segments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from cupl._checks import check_ndim
+
+
+def mil_ranking_loss(abnormal: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """Hinge MIL ranking loss (Eq. 5-6), averaged over the B (abnormal, normal) pairs.
+
+    abnormal, normal: [B, S] segment scores in [0, 1] (sigmoid of A^avg, Eq. 4).
+    returns: scalar ``mean_b max(0, 1 - max_s abnormal[b] + max_s normal[b])``.
+    """
+    check_ndim("abnormal", abnormal, "[B, S]", ndim=2)
+    check_ndim("normal", normal, "[B, S]", ndim=2)
+    if abnormal.shape[0] != normal.shape[0]:
+        raise ValueError(
+            f"mil_ranking_loss: abnormal and normal must pair up, got {tuple(abnormal.shape)} "
+            f"and {tuple(normal.shape)}"
+        )
+    return F.relu(1.0 - abnormal.max(dim=1).values + normal.max(dim=1).values).mean()
+
+
+def _check_heads(name: str, head_logits: torch.Tensor):
+    check_ndim(name, head_logits, "[B, K, S]", ndim=3)
+
+
+def diversity_loss(head_logits: torch.Tensor) -> torch.Tensor:
+    """Diversity between heads (Eq. 1-2), averaged over B.
+
+    head_logits: [B, K, S] per-head segment logits A^k, K >= 2.
+    Each head's logits go through a softmax over S (Eq. 1); the loss is the mean cosine
+    similarity over the Z = K(K-1)/2 pairs of heads: 1 for identical heads, 0 for heads whose
+    distributions do not overlap.
+    """
+    _check_heads("diversity_loss head_logits", head_logits)
+    k = head_logits.shape[1]
+    if k < 2:
+        raise ValueError(f"diversity_loss needs K >= 2 heads, got head_logits of shape {tuple(head_logits.shape)}")
+    p = F.normalize(torch.softmax(head_logits, dim=2), dim=2)  # unit-norm score distributions
+    cos = p @ p.transpose(1, 2)  # [B, K, K]
+    pairs = torch.triu_indices(k, k, offset=1, device=head_logits.device)
+    return cos[:, pairs[0], pairs[1]].mean()
+
+
+def norm_loss(head_logits: torch.Tensor) -> torch.Tensor:
+    """Norm regularisation (Eq. 3), averaged over B.
+
+    head_logits: [B, K, S]. ``(1/K) sum_k ||A^k|| - ||A^avg||`` with L2 norms over S; >= 0 by
+    the triangle inequality, 0 when all heads agree. It penalises heads of unequal scale, so
+    that no single head dominates A^avg.
+    """
+    _check_heads("norm_loss head_logits", head_logits)
+    per_head = head_logits.norm(dim=2).mean(dim=1)
+    return (per_head - head_logits.mean(dim=1).norm(dim=1)).mean()
+
+
+def completeness_terms(num_heads: int, diversity: bool) -> bool:
+    """Whether Eq. 7 has its completeness terms: with K = 1 or without L_diver it is L_MIL alone,
+    and alpha changes nothing."""
+    return diversity and num_heads >= 2
+
+
+def generator_loss(abnormal_heads: torch.Tensor, normal_heads: torch.Tensor, alpha: float = 10.0,
+                   diversity: bool = True, on_normal: bool = False,
+                   head_scores: str = "sigmoid") -> dict[str, torch.Tensor]:
+    """Stage-1 objective (Eq. 7): L_MIL + alpha L_diver + alpha L_norm.
+
+    abnormal_heads, normal_heads: [B, K, S] per-head logits of B abnormal and B normal videos.
+    Diversity and norm terms act on abnormal bags only (Fig. 1's premise is several events in
+    one abnormal video; on normal bags there is nothing to cover), or on both with
+    ``on_normal=True``. `head_scores` says what A^k of Eq. 1-3 is: "sigmoid", each head's
+    sigmoid score (Sec. 4.2: every head ends in a sigmoid), or "logits", the raw head output.
+    With K = 1 or
+    ``diversity=False`` the objective is the plain MIL loss (the baseline).
+    Returns a dict with "loss" and its parts, for logging.
+    """
+    _check_heads("abnormal_heads", abnormal_heads)
+    _check_heads("normal_heads", normal_heads)
+    scores_a = torch.sigmoid(abnormal_heads.mean(dim=1))
+    scores_n = torch.sigmoid(normal_heads.mean(dim=1))
+    parts = {"mil": mil_ranking_loss(scores_a, scores_n)}
+    loss = parts["mil"]
+    if completeness_terms(abnormal_heads.shape[1], diversity):
+        if head_scores not in ("sigmoid", "logits"):
+            raise ValueError(f"head_scores must be 'sigmoid' or 'logits', got {head_scores!r}")
+        bags = torch.cat([abnormal_heads, normal_heads]) if on_normal else abnormal_heads
+        if head_scores == "sigmoid":
+            bags = torch.sigmoid(bags)
+        parts["diversity"] = diversity_loss(bags)
+        parts["norm"] = norm_loss(bags)
+        loss = loss + alpha * parts["diversity"] + alpha * parts["norm"]
+    parts["loss"] = loss
+    return parts
+
+
+def clip_loss(logits: torch.Tensor, pseudo_labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: binary cross entropy of f_c against soft pseudo labels, on logits.
+
+    logits, pseudo_labels: [N]. Averaged (not summed) over N, so the learning rate does not
+    depend on how many reliable clips were mined.
+    """
+    if logits.shape != pseudo_labels.shape:
+        raise ValueError(
+            f"clip_loss: logits {tuple(logits.shape)} and pseudo_labels {tuple(pseudo_labels.shape)} differ"
+        )
+    return F.binary_cross_entropy_with_logits(logits, pseudo_labels)

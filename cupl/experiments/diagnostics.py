@@ -235,3 +235,22 @@ def example_videos(split) -> dict[str, int]:
     long = int(np.argmax(others)) if others.max() > 0 else multi
     normal = int(np.argmax(np.where(abnormal, -1, lengths)))
     return {"multi-event": multi, "long event": long, "normal": normal}
+
+
+def busiest_video(split, oracle=None) -> tuple[int, int | None]:
+    """The abnormal video to look at: (index into `split`, its number of events).
+
+    With clip-level truth (`oracle` [N], synthetic banks): the abnormal video with the most
+    events (runs of oracle > 0.5), the longer one on ties; without (a real bank): the longest
+    abnormal video, and None events.
+    """
+    abnormal = np.flatnonzero(to_numpy(split.labels) == 1)
+    if len(abnormal) == 0:
+        raise ValueError("busiest_video: the split has no abnormal video")
+    lengths = to_numpy(split.lengths)
+    if oracle is None:
+        return int(abnormal[np.argmax(lengths[abnormal])]), None
+    video, _, _ = event_runs(to_numpy(oracle) > 0.5, split.offsets)
+    events = np.bincount(video, minlength=split.num_videos)
+    pick = int(abnormal[np.lexsort((lengths[abnormal], events[abnormal]))[-1]])
+    return pick, int(events[pick])

@@ -107,6 +107,21 @@ PROFILES: dict[str, dict] = {
     "full": {"generator": {"steps": 3000, "batch_size": 32}, "clip": {"epochs": 10, "batch_size": 65536}},
 }
 
+# What a profile allows the book's chapters beyond the training budget: `smoke` checks that the
+# chain runs (CI), and no sentence of the book rests on it, so it keeps at most two seeds.
+BOOK_LIMITS: dict[str, dict] = {"smoke": {"seeds": 2, "iterations": 3}}
+
+
+def book_seeds(profile: str, seeds: int) -> int:
+    """The seeds a chapter runs at `profile`: `seeds`, capped by the profile's `BOOK_LIMITS`."""
+    return min(seeds, BOOK_LIMITS.get(profile, {}).get("seeds", seeds))
+
+
+def book_iterations(profile: str, iterations: int) -> int:
+    """The self-training iterations a chapter shows at `profile`, capped by `BOOK_LIMITS`."""
+    return min(iterations, BOOK_LIMITS.get(profile, {}).get("iterations", iterations))
+
+
 # The rows of Table 4 and the standard self-training of Fig. 3, as overrides.
 VARIANTS: dict[str, dict] = {
     "baseline": {"generator": {"num_heads": 1, "diversity": False},

@@ -17,6 +17,7 @@ names the notebook and the cell.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -247,44 +248,48 @@ def run_chain(
     for n in selected:  # refuse unknown parameters before anything runs
         resolve_parameters(root / "notebooks" / f"{n}.ipynb", declared[n], chain, extra)
 
-    bank_path, bank_hash = None, None
+    bank_path, bank_hash, kernel_env = None, None, {}
     if any("bank" in d for d in declared.values()):
         if bank is None:
             cache = Path(cache_dir) if cache_dir else default_cache(root)
             bank_path = synthetic_bank(profile, cache, progress)
+            # the notebooks find the same bank through the cache folder, so no machine path is
+            # passed as a parameter (and shown on a page)
+            kernel_env["CUPL_CACHE"] = str(cache)
         else:
             bank_path = Path(bank).resolve()
             if not bank_path.is_file():
                 raise FileNotFoundError(f"--bank {bank}: no such file")
+            chain["bank"] = str(bank_path)
         bank_hash = bank_digest(bank_path)
-        chain["bank"] = str(bank_path)
 
     code = package_digest()
     runs: list[NotebookRun] = []
     chain_start = time.perf_counter()
-    for i, name in enumerate(selected, 1):
-        source = root / "notebooks" / f"{name}.ipynb"
-        params = resolve_parameters(source, declared[name], chain, extra)
-        digest = input_digest(source, params, code, bank_hash if "bank" in params else None)
-        executed = root / EXECUTED / "notebooks" / f"{name}.ipynb"
-        record_path = executed.with_suffix(".run.json")
-        record = read_record(record_path)
-        if not force and executed.is_file() and record and record.get("digest") == digest:
-            runs.append(NotebookRun(name, "unchanged", record["wall_s"], record["finished"]))
+    with _environment(kernel_env):
+        for i, name in enumerate(selected, 1):
+            source = root / "notebooks" / f"{name}.ipynb"
+            params = resolve_parameters(source, declared[name], chain, extra)
+            digest = input_digest(source, params, code, bank_hash if "bank" in declared[name] else None)
+            executed = root / EXECUTED / "notebooks" / f"{name}.ipynb"
+            record_path = executed.with_suffix(".run.json")
+            record = read_record(record_path)
+            if not force and executed.is_file() and record and record.get("digest") == digest:
+                runs.append(NotebookRun(name, "unchanged", record["wall_s"], record["finished"]))
+                if progress:
+                    print(f"[{i}/{len(selected)}] {name}: inputs unchanged, kept", flush=True)
+                continue
             if progress:
-                print(f"[{i}/{len(selected)}] {name}: inputs unchanged, kept", flush=True)
-            continue
-        if progress:
-            print(f"[{i}/{len(selected)}] {name}: running with {params}", flush=True)
-        wall = execute_notebook(root, name, params, progress)
-        finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_record(record_path, {"digest": digest, "parameters": params, "wall_s": wall,
-                                  "finished": finished, "bank_sha256": bank_hash})
-        runs.append(NotebookRun(name, "executed", wall, finished))
-        if progress:
-            elapsed = time.perf_counter() - chain_start
-            print(f"[{i}/{len(selected)}] {name}: done in {wall:.1f} s "
-                  f"(chain {elapsed:.1f} s so far)", flush=True)
+                print(f"[{i}/{len(selected)}] {name}: running with {params}", flush=True)
+            wall = execute_notebook(root, name, params, progress)
+            finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            write_record(record_path, {"digest": digest, "parameters": params, "wall_s": wall,
+                                      "finished": finished, "bank_sha256": bank_hash})
+            runs.append(NotebookRun(name, "executed", wall, finished))
+            if progress:
+                elapsed = time.perf_counter() - chain_start
+                print(f"[{i}/{len(selected)}] {name}: done in {wall:.1f} s "
+                      f"(chain {elapsed:.1f} s so far)", flush=True)
 
     write_provenance(root, runs, profile, bank_path, bank_hash, chain, extra)
     build_s = build_book(root, force=force, progress=progress) if build else None
@@ -297,6 +302,21 @@ def run_chain(
 
 
 
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """Environment variables set for the kernels started inside, restored afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _jupyter_book() -> str:

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cupl.method.losses import diversity_loss, norm_loss
 from cupl.method.mining import reliable_mask_split
+from cupl.method.models import MultiHeadClassifier
+from cupl.method.pooling import segment_split
 from cupl.util import to_numpy
 
 if TYPE_CHECKING:
@@ -254,3 +257,27 @@ def busiest_video(split, oracle=None) -> tuple[int, int | None]:
     events = np.bincount(video, minlength=split.num_videos)
     pick = int(abnormal[np.lexsort((lengths[abnormal], events[abnormal]))[-1]])
     return pick, int(events[pick])
+
+
+def head_statistics(model, split, *, num_segments: int = 32, head_scores: str = "sigmoid") -> dict[str, float]:
+    """What a stage-1 generator f_g does on the segments of every video of `split` (crops
+    averaged, dropout off): the mean highest segment score (Eq. 4) of abnormal and of normal
+    videos, the two sides of the ranking loss (Eq. 6), and L_diver (Eq. 2) and L_norm (Eq. 3)
+    over abnormal bags, on A^k as the loss reads it (`head_scores`: sigmoid scores or logits)."""
+    bags = segment_split(split.features, split.offsets, num_segments).float().mean(dim=2)  # [V, S, D]
+    abnormal = split.labels.cpu() == 1
+    with torch.no_grad():
+        logits = model.eval()(bags).transpose(1, 2)  # [V, K, S]
+    best = torch.sigmoid(logits.mean(dim=1)).max(dim=1).values
+    heads = torch.sigmoid(logits) if head_scores == "sigmoid" else logits
+    multi = logits.shape[1] >= 2
+    return {"max score, abnormal": float(best[abnormal].mean()), "max score, normal": float(best[~abnormal].mean()),
+            "L_diver": float(diversity_loss(heads[abnormal])) if multi else float("nan"),
+            "L_norm": float(norm_loss(heads[abnormal]))}
+
+
+def initial_generator(in_dim: int, num_heads: int, seed: int, **model_kw):
+    """f_g at its initial weights, as `cupl.experiments.train.run` draws them for `seed`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return MultiHeadClassifier(in_dim, num_heads, **model_kw).eval()

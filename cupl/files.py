@@ -26,15 +26,22 @@ from typing import Callable, Iterator
 TMP_SUFFIX = ".tmp"
 
 
-class OutputExistsError(FileExistsError):
+class OutputError(OSError):
+    """An output that cannot be written; the message, one line, names the file and why."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()
+
+
+class OutputExistsError(OutputError, FileExistsError):
     """The destination exists and the caller did not ask to replace it."""
 
 
-class OutputNotWritableError(PermissionError):
+class OutputNotWritableError(OutputError, PermissionError):
     """The destination is write-protected or its folder cannot be written."""
 
 
-class NoSpaceError(OSError):
+class NoSpaceError(OutputError):
     """The file system has no room for the output; the message names the file and the bytes."""
 
 

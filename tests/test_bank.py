@@ -59,7 +59,7 @@ def test_layout_and_attributes(bank_path):
         rgb = f["train/N1/rgb"]
         assert rgb.shape == (70, 2, 8) and rgb.dtype == np.float16
         assert rgb.fletcher32 and rgb.compression is None
-        assert rgb.chunks == (70, 2, 8)   # 1 MiB chunks: a short video is one chunk
+        assert rgb.chunks == (70, 2, 8)   # 256 KiB chunks: a short video is one chunk
         assert all(f[k].fletcher32 for k in ("test/A2/frame_labels", "train/A1/oracle_clip_labels",
                                              "index/train/names", "index/train/clips_rgb"))
         assert dict(f["train/A1"].attrs) == {"label": 1, "category": "Arson", "num_frames": 77}

@@ -22,6 +22,7 @@ leaves nothing that opens as a bank.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
@@ -30,18 +31,16 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
 from cupl import files
-from cupl.data.split import Split
 
 BANK_FORMAT = "cupl-feature-bank"
 BANK_VERSION = 1
 SPLITS = ("train", "test")
 REQUIRED_ATTRS = ("source", "feature_kind", "frames_per_clip", "crops", "modalities")
-# Chunks of about 1 MiB of whole clips: one Fletcher-32 checksum each, small enough that a
+# Chunks of about 256 KiB of whole clips: one Fletcher-32 checksum each, small enough that a
 # chunk is checked while still in the CPU cache (`benchmarks/bank_io.py`).
-CHUNK_BYTES = 2**20
+CHUNK_BYTES = 2**18
 CHECKSUM = True
 # HDF5 1.10 file structures: its metadata (object headers, chunk indexes) carries checksums too.
 LIBVER = ("v110", "v114")
@@ -131,13 +130,19 @@ def _write(tmp: Path, path: Path, videos, attrs, dtype, compression, checksum, p
     from tqdm import tqdm
 
     f = h5py.File(tmp, "x", libver=LIBVER, rdcc_nbytes=0)
+    writer = _Writer(f, path, attrs, dtype, compression, checksum, total)
     try:
-        writer = _Writer(f, path, attrs, dtype, compression, checksum, total)
         for video in tqdm(videos, total=total, disable=not progress, unit="video",
                           desc=f"writing {path.name}"):
             writer.add(video)
         writer.finish()
         f.flush()
+    except OSError as err:
+        _discard(f, tmp)
+        if err.errno != errno.ENOSPC or isinstance(err, files.NoSpaceError):
+            raise
+        raise files.no_space(path, writer.estimate(), files.free_bytes(path.parent),
+                             " (the disk filled while writing)") from None
     except BaseException:
         _discard(f, tmp)
         raise
@@ -209,12 +214,13 @@ class _Writer:
         at this rate when the number of videos is known."""
         need = nbytes + VIDEO_OVERHEAD_BYTES
         self.written += need
-        count = len(self.seen)
-        whole = ""
-        if self.total:
-            estimate = self.written * max(self.total, count) // count
-            whole = f" for video {name!r} (about {estimate:,} bytes for the whole bank)"
-        files.check_free_space(self.path, need, what=whole or f" for video {name!r}")
+        whole = f" (about {self.estimate():,} bytes for the whole bank)" if self.total else ""
+        files.check_free_space(self.path, need, what=f" for video {name!r}{whole}")
+
+    def estimate(self) -> int:
+        """Bytes of the whole bank at the rate of the videos so far (those so far without `total`)."""
+        count = max(len(self.seen), 1)
+        return self.written * max(self.total or 0, count) // count
 
     def _create(self, group, key: str, data: np.ndarray):
         """A dataset chunked by about CHUNK_BYTES of whole rows (the clips of features), with
@@ -481,7 +487,7 @@ class FeatureBank:
 
     # ----------------------------------------------------------------- whole splits
 
-    def load_split(self, split, *, modality="rgb", dtype=torch.float32, device="cpu",
+    def load_split(self, split, *, modality="rgb", dtype=None, device="cpu",
                    progress=False) -> Split:
         """The whole split as one `Split`: features [N, C, D] concatenated in list order.
 
@@ -489,12 +495,18 @@ class FeatureBank:
         C crops and concatenates it on D: [N, C, D + Da]. Where a video's rgb and audio
         streams differ in length, only their common prefix of min(T_rgb, T_audio) clips is
         kept (real audio and visual features are extracted at different rates).
-        Test splits carry `frame_labels`. Videos are read in runs of about `READ_CHUNK_BYTES`
-        (`_read_chunks`) and converted to `dtype` on `device`, into one tensor allocated there:
-        on CUDA from pinned memory, the next run read while the last one is copied, and no
-        float32 or whole-split copy on the host; on the CPU without a stored-dtype copy of the
-        whole split.
+        Test splits carry `frame_labels`. dtype: a torch dtype, float32 when None.
+        Videos are read in runs (`_read_chunks`) and converted to `dtype` on `device`, into
+        one tensor allocated there: on CUDA from pinned memory, the next run read while the
+        last one is copied, and no float32 or whole-split copy on the host; on the CPU through
+        a buffer of `READ_CHUNK_BYTES` that stays in the CPU cache from read to conversion.
+        A checksum that fails is a BankError naming the video.
         """
+        import torch
+
+        from cupl.data.split import Split
+
+        dtype = torch.float32 if dtype is None else dtype
         table = self._table(split)
         names = table["names"]
         if not names:
@@ -527,6 +539,8 @@ class FeatureBank:
     def oracle_split_labels(self, split, *, modality="rgb") -> torch.Tensor:
         """[N] float32 oracle clip labels of the whole split, aligned row by row with
         `load_split(split, modality=modality)`. Diagnostics only."""
+        import torch
+
         table = self._table(split)
         lengths = np.minimum.reduce([table[f"clips_{m}"] for m in self._parts(modality)])
         out = np.empty(int(lengths.sum()), dtype=np.float32)
@@ -555,6 +569,7 @@ class FeatureBank:
         `PINNED_READ_BYTES`; two pinned buffers alternate, and a buffer is refilled only after
         its copy to the device ended. x is only valid until the next run is read.
         """
+        import torch
         from tqdm import tqdm
 
         names = self._tables[split]["names"]
@@ -597,6 +612,8 @@ class FeatureBank:
 
     @staticmethod
     def _send(buffers, copied, slot: int, filled: int, device: torch.device) -> torch.Tensor:
+        import torch
+
         x = buffers[slot][:filled].to(device, non_blocking=True)
         if device.type == "cuda":
             copied[slot] = torch.cuda.Event()

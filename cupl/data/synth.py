@@ -493,8 +493,9 @@ def bank_attrs(preset="ucf", profile="quick", seed=0) -> dict:
 
 
 def write_synthetic(path, preset="ucf", profile="quick", seed=0, progress=True, *,
-                    max_videos=None, dtype="float16") -> Path:
-    """Generate a synthetic bank and write it to `path` atomically, video by video."""
+                    max_videos=None, dtype="float16", overwrite: bool = False) -> Path:
+    """Generate a synthetic bank and write it to `path` atomically, video by video; an
+    existing `path` is replaced only with `overwrite`."""
     from cupl.data.bank import write_bank
 
     preset_, profile_ = resolve(preset, profile)
@@ -502,7 +503,7 @@ def write_synthetic(path, preset="ucf", profile="quick", seed=0, progress=True, 
     total = sum(len(_templates(s, preset_, profile_, real)[:max_videos]) for s in SPLITS)
     return write_bank(path, generate(preset, profile, seed, max_videos=max_videos),
                       attrs=bank_attrs(preset, profile, seed), dtype=dtype,
-                      progress=progress, total=total)
+                      progress=progress, total=total, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- command line
@@ -517,6 +518,7 @@ def configure_parser(p):
                    help="keep only the first N videos of each split (a small check of 'full')")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bank at --out")
 
 
 def main(args) -> int:
@@ -526,7 +528,8 @@ def main(args) -> int:
 
     start = time.perf_counter()
     path = write_synthetic(args.out, args.preset, args.profile, args.seed,
-                           progress=not args.no_progress, max_videos=args.max_videos, dtype=args.dtype)
+                           progress=not args.no_progress, max_videos=args.max_videos, dtype=args.dtype,
+                           overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     with FeatureBank.open(path) as bank:
         counts = {s: bank.videos(s) for s in SPLITS}

@@ -4,7 +4,8 @@ Writes the first N training videos of a synthetic bank as ``<name>_i3d.npy`` fil
 [T, crops, D] float32 (how RTFM and its successors ship I3D features) and as feature banks
 (the default format, float16 with Fletcher-32 checksums, and the same without checksums),
 then times turning each into the one [N, C, D] float32 CPU tensor the training loops use:
-opening, reading and converting, best of `--repeats`, the readers taking turns.
+opening, reading and converting, best of `--repeats`, the readers taking turns; wall-clock
+time and, steadier on a shared machine, the process's CPU time.
 
 warm: the files in the page cache (read just before). cold: the page cache dropped before
 every read, with ``sync; echo 3 > /proc/sys/vm/drop_caches`` where allowed (root), else
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cupl.data import bank as bank_module
 from cupl.data import synth
 from cupl.data.bank import FeatureBank, write_bank
 from cupl.files import atomic_write
@@ -66,17 +68,19 @@ def evict(paths: list[Path]):
             os.close(fd)
 
 
-def timings(readers: dict, repeats: int, before=None) -> dict[str, float]:
-    """Best time of each reader; the readers take turns so that load on the machine hits all."""
-    times = {k: [] for k in readers}
+def timings(readers: dict, repeats: int, before=None) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall-clock and best CPU time of each reader; the readers take turns so that load
+    from other processes hits all of them alike."""
+    wall, cpu = ({k: [] for k in readers} for _ in range(2))
     for _ in range(repeats):
         for key, (read, files) in readers.items():
             if before is not None:
                 before(files)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             read()
-            times[key].append(time.perf_counter() - start)
-    return {k: min(v) for k, v in times.items()}
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
+    return {k: min(v) for k, v in wall.items()}, {k: min(v) for k, v in cpu.items()}
 
 
 def main(argv=None) -> int:
@@ -87,8 +91,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cold-method", choices=["drop_caches", "fadvise"], default="drop_caches")
     p.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
+    p.add_argument("--chunk-kib", type=int, default=None,
+                   help="chunk size of the banks (default: cupl.data.bank.CHUNK_BYTES)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     p.add_argument("--json", default=None, help="write the timings here")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.chunk_kib:
+        bank_module.CHUNK_BYTES = args.chunk_kib * 2**10
 
     videos = [v for v in itertools.islice(synth.generate(args.preset, args.profile, 0), args.videos)
               if v.split == "train"]
@@ -99,7 +109,7 @@ def main(argv=None) -> int:
     print(f"{len(videos)} videos, {clips} clips of {shape[0]} crops x {shape[1]}-d "
           f"({args.preset}/{args.profile}); {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, bank chunks {bank_module.CHUNK_BYTES // 2**10} KiB")
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
@@ -117,27 +127,31 @@ def main(argv=None) -> int:
         expected = read_npy_split(folder, names).half().float()
         assert all(torch.equal(read_bank_split(b), expected) for b in (bank, unchecked))
 
-        warm = timings(readers, args.repeats)
+        warm, warm_cpu = timings(readers, args.repeats)
         note = drop_caches() if args.cold_method == "drop_caches" else "fadvise asked for"
         method = "drop_caches" if note is None else "fadvise"
-        cold = timings(readers, args.repeats,
-                       before=lambda files: drop_caches() if method == "drop_caches" else evict(files))
+        cold, cold_cpu = timings(readers, args.repeats,
+                                 before=lambda files: drop_caches() if method == "drop_caches" else evict(files))
 
     label = {"npy": "per-video .npy float32", "bank": "bank float16 checksummed",
              "bank_unchecked": "bank float16 no checksums"}
     print(f"cold: page cache dropped with {method}" + (f" ({note})" if note else ""))
-    print(f"{'':28s} {'warm':>8s} {'cold':>8s} {'MiB':>8s}  warm / npy  cold / npy")
+    print(f"{'':28s} {'warm':>8s} {'cold':>8s} {'warm CPU':>9s} {'cold CPU':>9s} {'MiB':>8s}"
+          f"  warm / npy  cold / npy")
     for key in readers:
-        print(f"{label[key]:28s} {warm[key]:7.3f}s {cold[key]:7.3f}s {sizes[key] / 2**20:8.1f}  "
+        print(f"{label[key]:28s} {warm[key]:7.3f}s {cold[key]:7.3f}s {warm_cpu[key]:8.3f}s "
+              f"{cold_cpu[key]:8.3f}s {sizes[key] / 2**20:8.1f}  "
               f"{warm[key] / warm['npy']:10.2f}  {cold[key] / cold['npy']:10.2f}")
-    print(f"checksums: warm {warm['bank'] / warm['bank_unchecked']:.2f}x, "
-          f"cold {cold['bank'] / cold['bank_unchecked']:.2f}x the time without")
+    for what, a, b in (("wall", warm, cold), ("CPU", warm_cpu, cold_cpu)):
+        print(f"checksums ({what} time): warm {a['bank'] / a['bank_unchecked']:.2f}x, "
+              f"cold {b['bank'] / b['bank_unchecked']:.2f}x the time without")
     if args.json:
         result = dict(npy_s=warm["npy"], bank_s=warm["bank"], cold_npy_s=cold["npy"], cold_bank_s=cold["bank"],
                       bank_unchecked_s=warm["bank_unchecked"], cold_bank_unchecked_s=cold["bank_unchecked"],
+                      cpu_s={k: [warm_cpu[k], cold_cpu[k]] for k in readers},
                       cold_method=method, cold_note=note, bytes=sizes, videos=len(videos), clips=clips,
                       profile=args.profile, preset=args.preset, repeats=args.repeats,
-                      torch_threads=torch.get_num_threads(), load_average=os.getloadavg()[0])
+                      torch_threads=torch.get_num_threads(), chunk_bytes=bank_module.CHUNK_BYTES, load_average=os.getloadavg()[0])
         atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
     return 0
 

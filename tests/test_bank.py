@@ -118,9 +118,10 @@ def test_float32_storage_is_exact(tmp_path):
         np.testing.assert_array_equal(bank.features("N1"), videos[1].features["rgb"])
 
 
-# 1 byte: every run of the reader holds as many rows as the longest video, so videos are
-# read one or a few at a time; the default reads each split in one run
-@pytest.fixture(params=[1, None], ids=["one video a run", "one run"])
+# 1 byte: every run of the reader holds one clip, so videos are read in pieces across runs;
+# 600 bytes: runs of 18 clips of 2 x 8 float16, holding several short videos or part of a long
+# one; the default reads these splits in one run
+@pytest.fixture(params=[1, 600, None], ids=["one clip a run", "18 clips a run", "one run"])
 def read_chunk(request, monkeypatch):
     if request.param is not None:
         monkeypatch.setattr("cupl.data.bank.READ_CHUNK_BYTES", request.param)

@@ -309,22 +309,26 @@ def test_existing_banks_are_replaced_only_when_asked(tmp_path, clean, capsys):
     assert leftovers(tmp_path) == ["b.h5"]
 
 
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_two_writers_at_once_give_one_whole_bank(tmp_path, clean, overwrite):
-    out, go = tmp_path / "b.h5", tmp_path / "go"
-    children = [spawn("child_write", out, seed, int(overwrite), "0.01", "", go) for seed in (1, 2)]
+def test_two_writers_at_once_give_one_whole_bank(tmp_path, clean):
+    """Writers 1 and 2 start together on one path, without and with overwrite (four
+    processes at once): either both finish or one is refused, and the bank is one writer's
+    whole bank, never a mix."""
+    go = tmp_path / "go"
+    outs = {overwrite: tmp_path / str(overwrite) / "b.h5" for overwrite in (False, True)}
+    children = {overwrite: [spawn("child_write", out, seed, int(overwrite), "0.01", "", go) for seed in (1, 2)]
+                for overwrite, out in outs.items()}
     go.touch()
-    results = [(c.wait(timeout=120), c.communicate()[1]) for c in children]
-    codes = [code for code, _ in results]
-    if overwrite:
-        assert codes == [0, 0], results
-    else:   # the second to finish is refused, up front or when it would replace the first
-        assert sorted(codes) == [0, 1], results
-        refused = next(err for code, err in results if code)
-        assert f"OutputExistsError: {out}" in refused
-    matches = [seed for seed in (1, 2) if np.array_equal(contents(out)["train"][0], clean[seed]["train"][0])]
-    assert len(matches) == 1
-    if not overwrite:
-        assert codes[matches[0] - 1] == 0   # the bank is the one of the writer that succeeded
-    assert_same(contents(out), clean[matches[0]])
-    assert leftovers(tmp_path) == ["b.h5", "go"]
+    for overwrite, out in outs.items():
+        results = [(c.wait(timeout=120), c.communicate()[1]) for c in children[overwrite]]
+        codes = [code for code, _ in results]
+        if overwrite:
+            assert codes == [0, 0], results
+        else:   # the second to finish is refused, up front or when it would replace the first
+            assert sorted(codes) == [0, 1], results
+            assert f"OutputExistsError: {out}" in next(err for code, err in results if code)
+        got = contents(out)
+        [seed] = [seed for seed in (1, 2) if np.array_equal(got["train"][0], clean[seed]["train"][0])]
+        if not overwrite:
+            assert codes[seed - 1] == 0   # the bank is the one of the writer that succeeded
+        assert_same(got, clean[seed])
+        assert leftovers(out.parent) == ["b.h5"]

@@ -5,7 +5,7 @@ written into it, so every notebook reads one format. Layout::
 
     /                       attrs: format, version, source, feature_kind, frames_per_clip,
                                    crops, modalities, dim_<modality>, dtype, ... free keys
-    /{split}/{name}/rgb     [T, crops, D]   float16 | float32, chunked per video, compressed
+    /{split}/{name}/rgb     [T, crops, D]   float16 | float32, in chunks of whole clips
     /{split}/{name}/audio   [T, 1, 128]     optional
     /{split}/{name}/frame_labels        uint8 [num_frames]   test videos
     /{split}/{name}/oracle_clip_labels  float32 [T]          synthetic training videos
@@ -15,9 +15,14 @@ written into it, so every notebook reads one format. Layout::
 
 Frames map to clips of 16 frames as the RTFM I3D features do: T = ceil(num_frames / 16).
 
-Writes are atomic: the bank is built in a temporary file beside the target and renamed
-over it only once every video has been validated and written, so an interrupted write
-leaves nothing that opens as a bank.
+Every dataset carries HDF5 Fletcher-32 checksums (and the file's metadata its own), so
+damaged bytes are a `BankError` naming the file and the video, never different numbers;
+banks written before checksums (contiguous datasets) read as they always did.
+
+Writes are atomic (`cupl.files`): the bank is built in a temporary file beside the target
+and moved into place only once every video has been validated and written, so an
+interrupted write leaves nothing that opens as a bank; an existing bank is replaced only
+when asked, and a full disk is one named error before the video that would not fit.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ LIBVER = ("v110", "v114")
 VIDEO_OVERHEAD_BYTES = 64 * 2**10
 # None: float16 features barely compress (lzf files come out larger than uncompressed
 # contiguous ones, gzip 11 % smaller), and an uncompressed split reads 1.5x faster than lzf and
-# 5x faster than gzip (`benchmarks/bank_io.py`, book/data.md).
+# 5x faster than gzip (book/data.md).
 COMPRESSION = None
 # Host memory a split is read through: on the CPU one buffer that stays in the CPU cache
 # between reading and converting; on CUDA two pinned buffers, large for fast copies.

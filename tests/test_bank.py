@@ -58,7 +58,10 @@ def test_layout_and_attributes(bank_path):
         assert json.loads(f.attrs["notes"]) == {"why": "test"}
         rgb = f["train/N1/rgb"]
         assert rgb.shape == (70, 2, 8) and rgb.dtype == np.float16
-        assert rgb.chunks is None and rgb.compression is None  # contiguous: one read per video
+        assert rgb.fletcher32 and rgb.compression is None
+        assert rgb.chunks == (70, 2, 8)   # 256 KiB chunks: a short video is one chunk
+        assert all(f[k].fletcher32 for k in ("test/A2/frame_labels", "train/A1/oracle_clip_labels",
+                                             "index/train/names", "index/train/clips_rgb"))
         assert dict(f["train/A1"].attrs) == {"label": 1, "category": "Arson", "num_frames": 77}
         assert f["test/A2/frame_labels"].dtype == np.uint8 and f["test/A2/frame_labels"].shape == (45,)
         assert f["train/A1/oracle_clip_labels"].dtype == np.float32
@@ -71,13 +74,25 @@ def test_layout_and_attributes(bank_path):
         assert bank.attrs["modalities"] == ["rgb"]
 
 
-def test_compressed_banks_are_chunked_and_read_the_same(bank_path, tmp_path):
-    path = write_bank(tmp_path / "lzf.h5", videos_fixture(), attrs=ATTRS, compression="lzf", progress=False)
+def test_chunks_hold_about_chunk_bytes_of_whole_clips(tmp_path, monkeypatch):
+    monkeypatch.setattr("cupl.data.bank.CHUNK_BYTES", 20 * 2 * 8 * 2)   # 20 clips of 2 x 8 float16
+    path = write_bank(tmp_path / "b.h5", videos_fixture(), attrs=ATTRS, progress=False)
     with h5py.File(path, "r") as f:
-        assert f["train/N1/rgb"].chunks == (64, 2, 8) and f["train/N1/rgb"].compression == "lzf"
-        assert f["train/A1/rgb"].chunks == (5, 2, 8)
-    with FeatureBank.open(path) as lzf, FeatureBank.open(bank_path) as plain:
-        assert torch.equal(lzf.load_split("train").features, plain.load_split("train").features)
+        assert f["train/N1/rgb"].chunks == (20, 2, 8) and f["train/A1/rgb"].chunks == (5, 2, 8)
+
+
+def test_compressed_and_unchecked_banks_read_the_same(bank_path, tmp_path):
+    lzf = write_bank(tmp_path / "lzf.h5", videos_fixture(), attrs=ATTRS, compression="lzf", progress=False)
+    plain = write_bank(tmp_path / "plain.h5", videos_fixture(), attrs=ATTRS, checksum=False, progress=False)
+    with h5py.File(lzf, "r") as f:
+        assert f["train/N1/rgb"].compression == "lzf" and f["train/N1/rgb"].fletcher32
+    with h5py.File(plain, "r") as f:   # the layout of banks written before checksums
+        assert f["train/N1/rgb"].chunks is None and not f["train/N1/rgb"].fletcher32
+    with FeatureBank.open(bank_path) as checked:
+        expected = checked.load_split("train").features
+    for path in (lzf, plain):
+        with FeatureBank.open(path) as bank:
+            assert torch.equal(bank.load_split("train").features, expected)
 
 
 def test_round_trip_per_video(bank_path):
@@ -103,9 +118,10 @@ def test_float32_storage_is_exact(tmp_path):
         np.testing.assert_array_equal(bank.features("N1"), videos[1].features["rgb"])
 
 
-# 1 byte: every run of the reader holds as many rows as the longest video, so videos are
-# read one or a few at a time; the default reads each split in one run
-@pytest.fixture(params=[1, None], ids=["one video a run", "one run"])
+# 1 byte: every run of the reader holds one clip, so videos are read in pieces across runs;
+# 600 bytes: runs of 18 clips of 2 x 8 float16, holding several short videos or part of a long
+# one; the default reads these splits in one run
+@pytest.fixture(params=[1, 600, None], ids=["one clip a run", "18 clips a run", "one run"])
 def read_chunk(request, monkeypatch):
     if request.param is not None:
         monkeypatch.setattr("cupl.data.bank.READ_CHUNK_BYTES", request.param)
@@ -204,7 +220,7 @@ def test_failed_rewrite_keeps_the_old_bank(bank_path):
         raise RuntimeError("extractor crashed")
 
     with pytest.raises(RuntimeError, match="extractor crashed"):
-        write_bank(bank_path, failing(), attrs=ATTRS, progress=False)
+        write_bank(bank_path, failing(), attrs=ATTRS, progress=False, overwrite=True)
     assert bank_path.read_bytes() == before
     assert sorted(p.name for p in bank_path.parent.iterdir()) == ["b.h5"]
 

@@ -29,8 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cupl.files import OutputError
+
     args = build_parser().parse_args(argv)
-    return int(args._module.main(args) or 0)
+    try:
+        return int(args._module.main(args) or 0)
+    except OutputError as err:   # an output refused or a full disk: one line naming the file
+        print(f"cupl {args.command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -30,10 +30,11 @@ def configure_parser(parser):
         p.add_argument("--dtype", default="float16", choices=["float16", "float32"],
                        help="storage dtype of the bank (default: %(default)s)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing bank at --out")
 
 
 def main(args) -> int:
-    common = {"dtype": args.dtype, "progress": not args.no_progress}
+    common = {"dtype": args.dtype, "progress": not args.no_progress, "overwrite": args.overwrite}
     try:
         if args.dataset == "ucf":
             out = import_ucf(args.train_list, args.test_list, args.annotations, args.out,

@@ -17,12 +17,14 @@ def configure_parser(p):
                    help="keep only the first N videos of each split (a small check of 'full')")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bank at --out")
 
 
 def main(args) -> int:
     start = time.perf_counter()
     path = write_synthetic(args.out, args.preset, args.profile, args.seed,
-                           progress=not args.no_progress, max_videos=args.max_videos, dtype=args.dtype)
+                           progress=not args.no_progress, max_videos=args.max_videos, dtype=args.dtype,
+                           overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     with FeatureBank.open(path) as bank:
         counts = {s: bank.videos(s) for s in SPLITS}

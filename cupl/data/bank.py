@@ -5,7 +5,7 @@ written into it, so every notebook reads one format. Layout::
 
     /                       attrs: format, version, source, feature_kind, frames_per_clip,
                                    crops, modalities, dim_<modality>, dtype, ... free keys
-    /{split}/{name}/rgb     [T, crops, D]   float16 | float32, chunked per video, compressed
+    /{split}/{name}/rgb     [T, crops, D]   float16 | float32, in chunks of whole clips
     /{split}/{name}/audio   [T, 1, 128]     optional
     /{split}/{name}/frame_labels        uint8 [num_frames]   test videos
     /{split}/{name}/oracle_clip_labels  float32 [T]          synthetic training videos
@@ -15,36 +15,50 @@ written into it, so every notebook reads one format. Layout::
 
 Frames map to clips of 16 frames as the RTFM I3D features do: T = ceil(num_frames / 16).
 
-Writes are atomic: the bank is built in a temporary file beside the target and renamed
-over it only once every video has been validated and written, so an interrupted write
-leaves nothing that opens as a bank.
+Every dataset carries HDF5 Fletcher-32 checksums (and the file's metadata its own), so
+damaged bytes are a `BankError` naming the file and the video, never different numbers;
+banks written before checksums (contiguous datasets) read as they always did.
+
+Writes are atomic (`cupl.files`): the bank is built in a temporary file beside the target
+and moved into place only once every video has been validated and written, so an
+interrupted write leaves nothing that opens as a bank; an existing bank is replaced only
+when asked, and a full disk is one named error before the video that would not fit.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
-from cupl.data.split import Split
+from cupl import files
 
 BANK_FORMAT = "cupl-feature-bank"
 BANK_VERSION = 1
 SPLITS = ("train", "test")
 REQUIRED_ATTRS = ("source", "feature_kind", "frames_per_clip", "crops", "modalities")
-CHUNK_CLIPS = 64
+# Chunks of about 256 KiB of whole clips: one Fletcher-32 checksum each, small enough that a
+# chunk is checked while still in the CPU cache (`benchmarks/bank_io.py`).
+CHUNK_BYTES = 2**18
+CHECKSUM = True
+# HDF5 1.10 file structures: its metadata (object headers, chunk indexes) carries checksums too.
+LIBVER = ("v110", "v114")
+# Room kept for a video's group, attributes and chunk index when checking the free space.
+VIDEO_OVERHEAD_BYTES = 64 * 2**10
 # None: float16 features barely compress (lzf files come out larger than uncompressed
 # contiguous ones, gzip 11 % smaller), and an uncompressed split reads 1.5x faster than lzf and
-# 5x faster than gzip (`benchmarks/bank_io.py`, book/data.md).
+# 5x faster than gzip (book/data.md).
 COMPRESSION = None
-# Host memory a split is read through, per buffer (two on CUDA).
-READ_CHUNK_BYTES = 256 * 2**20
+# Host memory a split is read through: on the CPU one buffer that stays in the CPU cache
+# between reading and converting; on CUDA two pinned buffers, large for fast copies.
+READ_CHUNK_BYTES = 4 * 2**20
+PINNED_READ_BYTES = 256 * 2**20
 
 
 class BankError(ValueError):
@@ -87,36 +101,70 @@ class VideoData:
 
 
 def write_bank(path, videos: Iterable[VideoData], *, attrs: dict, dtype="float16",
-               progress=True, total=None, compression=COMPRESSION) -> Path:
-    """Stream `videos` into a new bank at `path`, replacing it atomically when complete.
+               progress=True, total=None, compression=COMPRESSION, checksum=CHECKSUM,
+               overwrite=False, nbytes=None) -> Path:
+    """Stream `videos` into a new bank at `path`, moved into place atomically when complete.
 
-    attrs: dataset-level attributes; `source`, `feature_kind`, `frames_per_clip`, `crops`
-           and `modalities` are required, any other str / number / bool / list key is kept.
-    dtype: storage dtype of the features, "float16" or "float32".
+    attrs:     dataset-level attributes; `source`, `feature_kind`, `frames_per_clip`, `crops`
+               and `modalities` are required, any other str / number / bool / list key is kept.
+    dtype:     storage dtype of the features, "float16" or "float32".
+    checksum:  HDF5 Fletcher-32 checksums on every dataset, so that damaged bytes fail to read.
+    overwrite: False refuses an existing `path` (`cupl.files.OutputExistsError`) before any
+               work; True replaces it, atomically.
+    nbytes:    the bank's size when the caller knows it: checked against the free space before
+               any work. Whether or not it is given, every video is checked against the free
+               space before it is written; a full disk is a `cupl.files.NoSpaceError` naming
+               `path` and the bytes needed.
     Each video is validated before it is written (see `_check_video`); any error, or any
     exception raised by `videos` itself, removes the temporary file and leaves `path` as
     it was.
     """
-    import h5py
-    from tqdm import tqdm
-
     path = Path(path)
     _check_bank_attrs(path, attrs)
     if np.dtype(dtype) not in (np.float16, np.float32):
         raise BankError(f"{path}: dtype must be float16 or float32, got {dtype!r}")
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with h5py.File(tmp, "x") as f:
-            writer = _Writer(f, path, attrs, np.dtype(dtype), compression)
-            for video in tqdm(videos, total=total, disable=not progress, unit="video",
-                              desc=f"writing {path.name}"):
-                writer.add(video)
-            writer.finish()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with files.temporary_beside(path, overwrite=overwrite, nbytes=nbytes) as tmp:
+        _write(tmp, path, videos, attrs, np.dtype(dtype), compression, checksum, progress, total)
     return path
+
+
+def _write(tmp: Path, path: Path, videos, attrs, dtype, compression, checksum, progress, total):
+    """Write the bank into `tmp`. Without a chunk cache every write reaches the file at once,
+    so a full disk raises where it happens, not later in a destructor."""
+    import h5py
+    from tqdm import tqdm
+
+    f = h5py.File(tmp, "x", libver=LIBVER, rdcc_nbytes=0)
+    writer = _Writer(f, path, attrs, dtype, compression, checksum, total)
+    try:
+        for video in tqdm(videos, total=total, disable=not progress, unit="video",
+                          desc=f"writing {path.name}"):
+            writer.add(video)
+        writer.finish()
+        f.flush()
+    except OSError as err:
+        _discard(f, tmp)
+        if err.errno != errno.ENOSPC or isinstance(err, files.NoSpaceError):
+            raise
+        raise files.no_space(path, writer.estimate(), files.free_bytes(path.parent),
+                             " (the disk filled while writing)") from None
+    except BaseException:
+        _discard(f, tmp)
+        raise
+    f.close()
+
+
+def _discard(f, tmp: Path):
+    """Close a failed bank without a crash: emptying the file first gives back its space, so
+    that closing, which writes HDF5's cached metadata, cannot run out of it."""
+    try:
+        os.truncate(tmp, 0)
+    except OSError:
+        pass
+    try:
+        f.close()
+    except Exception:   # the file is thrown away; the first error is the one to report
+        pass
 
 
 def _check_bank_attrs(path: Path, attrs: dict):
@@ -133,8 +181,10 @@ def _check_bank_attrs(path: Path, attrs: dict):
 class _Writer:
     """Validates and writes videos one by one, keeping only the split tables in memory."""
 
-    def __init__(self, f, path: Path, attrs: dict, dtype: np.dtype, compression):
+    def __init__(self, f, path: Path, attrs: dict, dtype: np.dtype, compression, checksum: bool,
+                 total: int | None):
         self.f, self.path, self.dtype, self.compression = f, path, dtype, compression
+        self.checksum, self.total, self.written = checksum, total, 0
         self.attrs = dict(attrs)
         self.modalities = tuple(attrs["modalities"])
         self.crops = int(attrs["crops"])
@@ -145,19 +195,17 @@ class _Writer:
 
     def add(self, video: VideoData):
         features = self._check_video(video)
+        arrays = dict(features)
+        if video.frame_labels is not None:
+            arrays["frame_labels"] = np.asarray(video.frame_labels, np.uint8)
+        if video.oracle_clip_labels is not None:
+            arrays["oracle_clip_labels"] = np.asarray(video.oracle_clip_labels, np.float32)
+        self._check_space(video.name, sum(a.nbytes for a in arrays.values()))
         group = self.f.create_group(f"{video.split}/{video.name}")
         group.attrs.update(label=int(video.label), category=video.category,
                            num_frames=int(video.num_frames))
-        for modality, array in features.items():
-            # without a filter, a contiguous dataset is read with one call, no chunk index
-            chunks = (min(CHUNK_CLIPS, array.shape[0]), *array.shape[1:]) if self.compression else None
-            group.create_dataset(modality, data=array, chunks=chunks, compression=self.compression)
-        if video.frame_labels is not None:
-            group.create_dataset("frame_labels", data=np.asarray(video.frame_labels, np.uint8),
-                                 compression=self.compression)
-        if video.oracle_clip_labels is not None:
-            group.create_dataset("oracle_clip_labels",
-                                 data=np.asarray(video.oracle_clip_labels, np.float32))
+        for key, array in arrays.items():
+            self._create(group, key, array)
         table = self.tables[video.split]
         table["names"].append(video.name)
         table["labels"].append(int(video.label))
@@ -165,6 +213,32 @@ class _Writer:
         table["num_frames"].append(int(video.num_frames))
         for modality, array in features.items():
             table[f"clips_{modality}"].append(array.shape[0])
+
+    def _check_space(self, name: str, nbytes: int):
+        """NoSpaceError before a video that would not fit, with the room the whole bank needs
+        at this rate when the number of videos is known."""
+        need = nbytes + VIDEO_OVERHEAD_BYTES
+        self.written += need
+        whole = f" (about {self.estimate():,} bytes for the whole bank)" if self.total else ""
+        files.check_free_space(self.path, need, what=f" for video {name!r}{whole}")
+
+    def estimate(self) -> int:
+        """Bytes of the whole bank at the rate of the videos so far (those so far without `total`)."""
+        count = max(len(self.seen), 1)
+        return self.written * max(self.total or 0, count) // count
+
+    def _create(self, group, key: str, data: np.ndarray):
+        """A dataset chunked by about CHUNK_BYTES of whole rows (the clips of features), with
+        checksums and compression as asked; contiguous (one read, no chunk index) without
+        either, and always when empty."""
+        filtered = (self.checksum or self.compression) and data.size
+        chunks = None
+        if filtered:
+            row_bytes = data.itemsize * int(np.prod(data.shape[1:]))
+            rows = min(data.shape[0], max(1, CHUNK_BYTES // row_bytes))
+            chunks = (rows, *data.shape[1:])
+        group.create_dataset(key, data=data, chunks=chunks, compression=self.compression if filtered else None,
+                             fletcher32=bool(filtered and self.checksum))
 
     def _check_video(self, v: VideoData) -> dict[str, np.ndarray]:
         """The video's features cast to the storage dtype; BankError naming it if anything is off."""
@@ -251,14 +325,15 @@ class _Writer:
             f.attrs[key] = _to_attr(self.path, key, value)
         for modality, dim in self.dims.items():
             f.attrs[f"dim_{modality}"] = dim
-        text = h5py.string_dtype()
         for split, table in self.tables.items():
             g = f.require_group(f"index/{split}")
-            g.create_dataset("names", data=np.array(table["names"], dtype=object), dtype=text)
-            g.create_dataset("categories", data=np.array(table["categories"], dtype=object), dtype=text)
-            g.create_dataset("labels", data=np.array(table["labels"], dtype=np.int8))
+            for key in ("names", "categories"):   # fixed-length UTF-8: HDF5 filters (checksums) need it
+                encoded = [s.encode() for s in table[key]]
+                text = h5py.string_dtype("utf-8", max(map(len, encoded), default=1))
+                self._create(g, key, np.array(encoded, dtype=text))
+            self._create(g, "labels", np.array(table["labels"], dtype=np.int8))
             for key in ["num_frames"] + [f"clips_{m}" for m in self.modalities]:
-                g.create_dataset(key, data=np.array(table[key], dtype=np.int64))
+                self._create(g, key, np.array(table[key], dtype=np.int64))
 
 
 def _to_attr(path: Path, key: str, value):
@@ -273,6 +348,10 @@ def _to_attr(path: Path, key: str, value):
         return np.array(value)
     raise BankError(f"{path}: attribute {key!r} must be str, number, bool, dict or a list of them, "
                     f"got {type(value).__name__}")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _from_attr(value):
@@ -313,6 +392,9 @@ class FeatureBank:
         try:
             cls._check_header(file, path)
             return cls(file, path)
+        except OSError as err:   # HDF5 metadata whose checksum fails
+            file.close()
+            raise BankError(f"{path}: damaged feature bank: {_first_line(err)}") from None
         except BaseException:
             file.close()
             raise
@@ -366,10 +448,26 @@ class FeatureBank:
         return self._file[f"{split}/{name}"]
 
     def _dataset(self, name: str, key: str, what: str):
-        group = self._group(name)
-        if key not in group:
-            raise BankError(f"{self.path}: video {name!r} has no {what}")
-        return group[key]
+        with self._reading(name, key):
+            group = self._group(name)
+            if key not in group:
+                raise BankError(f"{self.path}: video {name!r} has no {what}")
+            return group[key]
+
+    def _read(self, name: str, key: str, what: str) -> np.ndarray:
+        ds = self._dataset(name, key, what)
+        with self._reading(name, key):
+            return ds[()]
+
+    @contextmanager
+    def _reading(self, name: str, key: str):
+        """h5py's errors while reading become a BankError naming the file, video and dataset:
+        a checksum that fails, a chunk that cannot be read."""
+        try:
+            yield
+        except OSError as err:
+            raise BankError(f"{self.path}: video {name!r}: dataset {key!r} is damaged "
+                            f"(checksum mismatch or unreadable bytes): {_first_line(err)}") from None
 
     def videos(self, split) -> list[VideoRecord]:
         """The split's videos in list order."""
@@ -379,22 +477,22 @@ class FeatureBank:
 
     def features(self, name, modality="rgb") -> np.ndarray:
         """[T, crops, D] float32 features of one video ([T, 1, 128] for audio)."""
-        return self._dataset(name, modality, f"{modality!r} features")[()].astype(np.float32)
+        return self._read(name, modality, f"{modality!r} features").astype(np.float32)
 
     def frame_labels(self, name) -> np.ndarray:
         """uint8 [num_frames] abnormal-frame mask of a test video."""
-        return self._dataset(name, "frame_labels", "frame labels (only test videos do)")[()]
+        return self._read(name, "frame_labels", "frame labels (only test videos do)")
 
     def oracle_clip_labels(self, name) -> np.ndarray:
         """float32 [T]: the fraction of each clip inside an anomalous event, known only for the
         training videos of synthetic banks. For diagnostics of pseudo labels; training code
         never reads it."""
-        return self._dataset(name, "oracle_clip_labels", "oracle clip labels (only training "
-                             "videos of synthetic banks do)")[()]
+        return self._read(name, "oracle_clip_labels", "oracle clip labels (only training "
+                          "videos of synthetic banks do)")
 
     # ----------------------------------------------------------------- whole splits
 
-    def load_split(self, split, *, modality="rgb", dtype=torch.float32, device="cpu",
+    def load_split(self, split, *, modality="rgb", dtype=None, device="cpu",
                    progress=False) -> Split:
         """The whole split as one `Split`: features [N, C, D] concatenated in list order.
 
@@ -402,12 +500,18 @@ class FeatureBank:
         C crops and concatenates it on D: [N, C, D + Da]. Where a video's rgb and audio
         streams differ in length, only their common prefix of min(T_rgb, T_audio) clips is
         kept (real audio and visual features are extracted at different rates).
-        Test splits carry `frame_labels`. Videos are read in runs of about `READ_CHUNK_BYTES`
-        (`_read_chunks`) and converted to `dtype` on `device`, into one tensor allocated there:
-        on CUDA from pinned memory, the next run read while the last one is copied, and no
-        float32 or whole-split copy on the host; on the CPU without a stored-dtype copy of the
-        whole split.
+        Test splits carry `frame_labels`. dtype: a torch dtype, float32 when None.
+        Videos are read in runs (`_read_chunks`) and converted to `dtype` on `device`, into
+        one tensor allocated there: on CUDA from pinned memory, the next run read while the
+        last one is copied, and no float32 or whole-split copy on the host; on the CPU through
+        a buffer of `READ_CHUNK_BYTES` that stays in the CPU cache from read to conversion.
+        A checksum that fails is a BankError naming the video.
         """
+        import torch
+
+        from cupl.data.split import Split
+
+        dtype = torch.float32 if dtype is None else dtype
         table = self._table(split)
         names = table["names"]
         if not names:
@@ -440,6 +544,8 @@ class FeatureBank:
     def oracle_split_labels(self, split, *, modality="rgb") -> torch.Tensor:
         """[N] float32 oracle clip labels of the whole split, aligned row by row with
         `load_split(split, modality=modality)`. Diagnostics only."""
+        import torch
+
         table = self._table(split)
         lengths = np.minimum.reduce([table[f"clips_{m}"] for m in self._parts(modality)])
         out = np.empty(int(lengths.sum()), dtype=np.float32)
@@ -460,46 +566,68 @@ class FeatureBank:
         return parts
 
     def _read_chunks(self, split: str, modality: str, lengths: np.ndarray, device: torch.device, progress):
-        """Yield (lo, hi, x) over runs of whole videos: x [hi - lo, C, D] are rows lo..hi of the
-        split (video v's first lengths[v] clips, in list order) on `device`, in the stored dtype.
+        """Yield (lo, hi, x) over runs of rows: x [hi - lo, C, D] are rows lo..hi of the split
+        (video v's first lengths[v] clips, in list order) on `device`, in the stored dtype.
 
-        A run fills about `READ_CHUNK_BYTES` (or one video, if longer). On CUDA two pinned
-        buffers alternate, and a buffer is refilled only after its copy to the device ended.
-        x is only valid until the next run is read.
+        On the CPU a run fills `READ_CHUNK_BYTES`, small enough to stay in the CPU cache until
+        it is converted; long videos are read in pieces. On CUDA a run fills
+        `PINNED_READ_BYTES`; two pinned buffers alternate, and a buffer is refilled only after
+        its copy to the device ended. x is only valid until the next run is read.
         """
+        import torch
         from tqdm import tqdm
-
-        import h5py
 
         names = self._tables[split]["names"]
         first = self._file[f"{split}/{names[0]}/{modality}"]
         row_bytes = first.dtype.itemsize * int(np.prod(first.shape[1:]))
-        rows = max(int(lengths.max()), READ_CHUNK_BYTES // row_bytes)
-        stored = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
         pinned = device.type == "cuda"
+        rows = max(1, (PINNED_READ_BYTES if pinned else READ_CHUNK_BYTES) // row_bytes)
+        stored = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
         buffers = [torch.empty((rows, *first.shape[1:]), dtype=stored, pin_memory=pinned)
                    for _ in range(2 if pinned else 1)]
         copied = [None] * len(buffers)
         bar = tqdm(total=len(names), disable=not progress, unit="video", desc=f"{split} {modality}")
-        lo, video, run = 0, 0, 0
-        while video < len(names):
-            slot = run % len(buffers)
-            if copied[slot] is not None:
-                copied[slot].synchronize()
-            host, filled = buffers[slot].numpy(), 0
-            while video < len(names) and filled + lengths[video] <= rows:
-                n = int(lengths[video])
-                ds = self._file[f"{split}/{names[video]}/{modality}"]
-                if ds.shape[0] == n:  # whole dataset: the low-level read skips building selections
-                    ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, host[filled:filled + n])
-                else:
-                    ds.read_direct(host, source_sel=np.s_[:n], dest_sel=np.s_[filled:filled + n])
-                filled, video = filled + n, video + 1
-                bar.update()
-            x = buffers[slot][:filled].to(device, non_blocking=True)
-            if pinned:
-                copied[slot] = torch.cuda.Event()
-                copied[slot].record()
-            yield lo, lo + filled, x
-            lo, run = lo + filled, run + 1
+        lo, slot, filled = 0, 0, 0
+        host = buffers[0].numpy()
+        for name, n in zip(names, lengths.tolist()):
+            start = 0
+            while start < n:
+                take = min(n - start, rows - filled)
+                self._read_rows(split, name, modality, start, start + take, host[filled:filled + take])
+                start, filled = start + take, filled + take
+                if filled == rows:
+                    yield lo, lo + filled, self._send(buffers, copied, slot, filled, device)
+                    lo, filled, slot = lo + filled, 0, (slot + 1) % len(buffers)
+                    host = self._claim(buffers, copied, slot)
+            bar.update()
+        if filled:
+            yield lo, lo + filled, self._send(buffers, copied, slot, filled, device)
         bar.close()
+
+    def _read_rows(self, split: str, name: str, modality: str, start: int, stop: int, out: np.ndarray):
+        """Rows start..stop of a video's features into `out`, checksums verified."""
+        import h5py
+
+        with self._reading(name, modality):
+            ds = self._file[f"{split}/{name}/{modality}"]
+            if start == 0 and stop == ds.shape[0]:   # the low-level read skips building selections
+                ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+            else:
+                ds.read_direct(out, source_sel=np.s_[start:stop])
+
+    @staticmethod
+    def _send(buffers, copied, slot: int, filled: int, device: torch.device) -> torch.Tensor:
+        import torch
+
+        x = buffers[slot][:filled].to(device, non_blocking=True)
+        if device.type == "cuda":
+            copied[slot] = torch.cuda.Event()
+            copied[slot].record()
+        return x
+
+    @staticmethod
+    def _claim(buffers, copied, slot: int) -> np.ndarray:
+        """The host buffer of `slot`, once its last copy to the device has ended."""
+        if copied[slot] is not None:
+            copied[slot].synchronize()
+        return buffers[slot].numpy()

@@ -298,7 +298,8 @@ def _videos(sources: list[VideoSource], layouts: dict[str, Layout]):
 
 
 def import_sources(sources: list[VideoSource], layouts: dict[str, Layout], out, *, attrs: dict,
-                   problems: list[str] = (), dtype: str = "float16", progress: bool = True) -> Path:
+                   problems: list[str] = (), dtype: str = "float16", progress: bool = True,
+                   overwrite: bool = False) -> Path:
     """Check all `sources`, then write the bank; raises FeatureImportError listing every problem.
 
     `problems` are those already found in the lists and annotations; they are reported
@@ -324,7 +325,7 @@ def import_sources(sources: list[VideoSource], layouts: dict[str, Layout], out, 
         "uneven_modalities": uneven,
     }
     return write_bank(out, _videos(sources, layouts), attrs=attrs, dtype=dtype, progress=progress,
-                      total=len(sources))
+                      total=len(sources), overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ def import_sources(sources: list[VideoSource], layouts: dict[str, Layout], out, 
 
 
 def import_ucf(train_list, test_list, annotations, out, *, feature_root=None, dtype: str = "float16",
-               progress: bool = True) -> Path:
+               progress: bool = True, overwrite: bool = False) -> Path:
     """UCF-Crime, RTFM 10-crop I3D features, into the bank `out`.
 
     train_list, test_list: list files of ``<video>_i3d.npy`` paths ``[T, crops, D]``.
@@ -362,7 +363,7 @@ def import_ucf(train_list, test_list, annotations, out, *, feature_root=None, dt
              "imported_from": [str(train_list), str(test_list), str(annotations)],
              "num_frames_from": "test: annotation" if _has_counts(table) else "feature length (T*16)"}
     return import_sources(sources, {"rgb": RTFM}, out, attrs=attrs, problems=problems, dtype=dtype,
-                          progress=progress)
+                          progress=progress, overwrite=overwrite)
 
 
 def _has_counts(table) -> bool:
@@ -416,7 +417,8 @@ def _xd_sources(split: str, list_path: Path, audio_list, feature_root) -> tuple[
 
 
 def import_xd(train_list, test_list, annotations, out, *, audio_train_list=None, audio_test_list=None,
-              feature_root=None, dtype: str = "float16", progress: bool = True) -> Path:
+              feature_root=None, dtype: str = "float16", progress: bool = True,
+              overwrite: bool = False) -> Path:
     """XD-Violence, 5-crop I3D (+ VGGish audio), into the bank `out`.
 
     train_list, test_list: list files naming ``<video>__<crop>.npy`` ``[T, D]``, one line per crop.
@@ -445,11 +447,11 @@ def import_xd(train_list, test_list, annotations, out, *, audio_train_list=None,
                                                  audio_test_list) if p is not None],
              "num_frames_from": "feature length (T*16)"}
     return import_sources(sources, layouts, out, attrs=attrs, problems=problems, dtype=dtype,
-                          progress=progress)
+                          progress=progress, overwrite=overwrite)
 
 
 def import_tad(train_labels, test_labels, feature_root, out, *, pattern: str = "{name}_i3d.npy",
-               dtype: str = "float16", progress: bool = True) -> Path:
+               dtype: str = "float16", progress: bool = True, overwrite: bool = False) -> Path:
     """TAD, UMIL label files with RTFM-layout features ``[T, crops, D]``, into the bank `out`.
 
     feature_root: folder of the feature files, named ``pattern.format(name=video)``.
@@ -465,8 +467,5 @@ def import_tad(train_labels, test_labels, feature_root, out, *, pattern: str = "
     attrs = {"source": "tad", "feature_kind": "i3d-rtfm",
              "imported_from": [str(train_labels), str(test_labels), str(feature_root)],
              "num_frames_from": "label files"}
-    return import_sources(sources, {"rgb": RTFM}, out, attrs=attrs, dtype=dtype, progress=progress)
-
-
-# ---------------------------------------------------------------------------------------
-# `cupl import {ucf,xd,tad}`
+    return import_sources(sources, {"rgb": RTFM}, out, attrs=attrs, dtype=dtype, progress=progress,
+                          overwrite=overwrite)

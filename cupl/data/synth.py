@@ -493,8 +493,9 @@ def bank_attrs(preset="ucf", profile="quick", seed=0) -> dict:
 
 
 def write_synthetic(path, preset="ucf", profile="quick", seed=0, progress=True, *,
-                    max_videos=None, dtype="float16") -> Path:
-    """Generate a synthetic bank and write it to `path` atomically, video by video."""
+                    max_videos=None, dtype="float16", overwrite: bool = False) -> Path:
+    """Generate a synthetic bank and write it to `path` atomically, video by video; an
+    existing `path` is replaced only with `overwrite`."""
     from cupl.data.bank import write_bank
 
     preset_, profile_ = resolve(preset, profile)
@@ -502,7 +503,4 @@ def write_synthetic(path, preset="ucf", profile="quick", seed=0, progress=True, 
     total = sum(len(_templates(s, preset_, profile_, real)[:max_videos]) for s in SPLITS)
     return write_bank(path, generate(preset, profile, seed, max_videos=max_videos),
                       attrs=bank_attrs(preset, profile, seed), dtype=dtype,
-                      progress=progress, total=total)
-
-
-# --------------------------------------------------------------------------- command line
+                      progress=progress, total=total, overwrite=overwrite)

@@ -43,6 +43,12 @@ class ClipConfig:
     two_way: bool = False  # True: 2-way softmax head like the released checkpoint (same loss)
     reinit: bool = True  # open: a new f_c per iteration ("train a new clip classifier", Fig. 2)
     mc_passes: int = 5  # M at the end of each iteration (Sec. 4.2)
+    loss: str = "bce"  # open: Eq. 11 as plain BCE, or "weighted": class-weighted BCE (MIST's stage 2)
+    class_weights: tuple[float, float] = (1.2, 0.8)  # "weighted": (abnormal, normal) term weights, MIST UCF-I3D
+    label_smoothing: float = 0.0  # open: targets clamped to [e, 1 - e] before the loss (MIST's form)
+    batches: str = "shuffled"  # open: samples shuffled across videos, or "balanced": half normal, half abnormal
+    budget: str = "epochs"  # open: f_c length as "epochs" over the selected set, or "steps" (`steps`)
+    steps: int = 1000  # optimiser steps per iteration when budget == "steps", equal for every selection
 
 
 @dataclass
@@ -54,6 +60,7 @@ class SelfTrainConfig:
     window: int = 5  # w of the long-term feature memory (released code)
     selection: str = "uncertainty"  # "uncertainty" (ours), "random" (standard self-training), "all"
     normal_labels: str = "zero"  # open: clips of normal videos are normal by the weak label
+    refine: str = "none"  # open: f_g's labels as they are, or "smooth_minmax" on abnormal videos (MIST, `cupl.refine`)
 
 
 @dataclass
@@ -86,6 +93,14 @@ class RunConfig:
             (self.generator.head_scores in ("sigmoid", "logits"), "generator.head_scores must be 'sigmoid' or 'logits'"),
             (self.generator.mc_passes >= 1 and self.clip.mc_passes >= 1, "mc_passes must be >= 1"),
             (self.generator.steps >= 1 and self.clip.epochs >= 1, "generator.steps and clip.epochs must be >= 1"),
+            (self.clip.loss in ("bce", "weighted"), "clip.loss must be 'bce' or 'weighted'"),
+            (len(self.clip.class_weights) == 2 and all(w > 0 for w in self.clip.class_weights),
+             "clip.class_weights must be two positive weights (abnormal, normal)"),
+            (0 <= self.clip.label_smoothing < 0.5, "clip.label_smoothing must be in [0, 0.5)"),
+            (self.clip.batches in ("shuffled", "balanced"), "clip.batches must be 'shuffled' or 'balanced'"),
+            (self.clip.budget in ("epochs", "steps"), "clip.budget must be 'epochs' or 'steps'"),
+            (self.clip.steps >= 1, "clip.steps must be >= 1"),
+            (self.self_train.refine in ("none", "smooth_minmax"), "self_train.refine must be 'none' or 'smooth_minmax'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -161,7 +176,7 @@ def from_dict(data: dict) -> RunConfig:
     kwargs = {}
     for key, value in merged.items():
         if key in sections:
-            value = {k: tuple(v) if k == "hidden" else v for k, v in value.items()}
+            value = {k: tuple(v) if k in ("hidden", "class_weights") else v for k, v in value.items()}
             kwargs[key] = sections[key](**value)
         else:
             kwargs[key] = value

@@ -24,6 +24,7 @@ from cupl.losses import clip_loss, generator_loss
 from cupl.mining import context_features, context_memory, reliable_mask_split
 from cupl.models import ClipClassifier, MultiHeadClassifier
 from cupl.pooling import segment_split
+from cupl.refine import refine_labels
 from cupl.uncertainty import collapse_tail, dropout_masks, mc_from_hidden
 
 # The setting that bounds the memory of each stage of `run`, named when a stage runs out of it.
@@ -244,7 +245,9 @@ def train_clip_classifier(train: Split, labels: torch.Tensor, selected: torch.Te
     """f_c on the reliable set (Algorithm 1, l. 19-22) with BCE against pseudo labels (Eq. 11).
 
     labels, selected: [N]. Every crop of a selected clip is a sample with the clip's label;
-    samples are shuffled across videos and fed in batches of `cfg.batch_size`.
+    samples are shuffled across videos and fed in batches of `cfg.batch_size`, for
+    `cfg.epochs` passes or `cfg.steps` steps (`cfg.budget`, `_clip_batches`). The loss is
+    `clip_loss` with `cfg.class_weights` when `cfg.loss == "weighted"` and `cfg.label_smoothing`.
 
     The memory half of each selected clip's temporal feature is computed once, before the
     epochs (`memory_table`), so a step gathers two rows per sample instead of w + 1; the
@@ -263,19 +266,34 @@ def train_clip_classifier(train: Split, labels: torch.Tensor, selected: torch.Te
     if model is None:
         model = ClipClassifier(2 * train.features.shape[2], cfg.hidden, cfg.dropout, cfg.two_way).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    weights = cfg.class_weights if cfg.loss == "weighted" else None
     model.train()
-    for _ in _bar(range(cfg.epochs), progress, desc="f_c epochs"):
-        order = _to_device(torch.randperm(len(sample_clips), generator=generator), device)
-        for batch in order.split(cfg.batch_size):
-            s, c = sample_clips[batch], sample_crops[batch]
-            x = torch.cat([train.features[rows[s], c], memory[s, c]], dim=-1)
-            with _autocast(device, amp):
-                logits = model(x).float()
-            loss = clip_loss(logits, targets[s])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    for batch in _clip_batches(len(sample_clips), cfg, generator, device, progress):
+        s, c = sample_clips[batch], sample_crops[batch]
+        x = torch.cat([train.features[rows[s], c], memory[s, c]], dim=-1)
+        with _autocast(device, amp):
+            logits = model(x).float()
+        loss = clip_loss(logits, targets[s], class_weights=weights, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return model.eval()
+
+
+def _clip_batches(count: int, cfg: ClipConfig, generator: torch.Generator, device, progress: bool):
+    """Sample indices [b] of f_c's optimiser steps, drawn on the CPU from `generator`.
+
+    budget "epochs": `cfg.epochs` shuffled passes over the `count` samples, in batches of
+    `cfg.batch_size`, so the step count grows with the selected set. budget "steps":
+    `cfg.steps` batches of `cfg.batch_size` samples each drawn uniformly (with replacement),
+    the same number of steps whatever share of the clips is selected.
+    """
+    if cfg.budget == "steps":
+        for _ in _bar(range(cfg.steps), progress, desc="f_c steps"):
+            yield _to_device(torch.randint(count, (cfg.batch_size,), generator=generator), device)
+        return
+    for _ in _bar(range(cfg.epochs), progress, desc="f_c epochs"):
+        yield from _to_device(torch.randperm(count, generator=generator), device).split(cfg.batch_size)
 
 
 def memory_table(split: Split, rows: torch.Tensor, window: int, chunk: int = 65536) -> torch.Tensor:
@@ -383,6 +401,8 @@ def _run(config, train, test, oracle, progress, keep_arrays, device, generator_m
         passes = config.generator.mc_passes if it == 1 else config.clip.mc_passes
         labels, unc = timed(f"iter{it}.mc_dropout", pseudo_labels, model, train, passes, window=window,
                             generator=gen, batch_size=config.eval_batch_size, amp=amp)
+        if it == 1:  # the step between the stages: f_g's scores into f_c's first targets
+            labels = refine_labels(labels, train, st.refine)
         if st.normal_labels == "zero":
             labels = torch.where(normal_rows, torch.zeros_like(labels), labels)
         selected = timed(f"iter{it}.mining", select_reliable, unc, train, st, gen)

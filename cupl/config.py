@@ -46,9 +46,9 @@ class ClipConfig:
     loss: str = "bce"  # open: Eq. 11 as plain BCE, or "weighted": class-weighted BCE (MIST's stage 2)
     class_weights: tuple[float, float] = (1.2, 0.8)  # "weighted": (abnormal, normal) term weights, MIST UCF-I3D
     label_smoothing: float = 0.0  # open: targets clamped to [e, 1 - e] before the loss (MIST's form)
-    batches: str = "shuffled"  # open: samples shuffled across videos, or "balanced": half normal, half abnormal
-    budget: str = "epochs"  # open: f_c length as "epochs" over the selected set, or "steps" (`steps`)
-    steps: int = 1000  # optimiser steps per iteration when budget == "steps", equal for every selection
+    batches: str = "balanced"  # open: half of each batch from normal, half from abnormal videos (MIST), or "shuffled"
+    budget: str = "steps"  # open: f_c length in optimiser steps, equal for every selection, or "epochs"
+    steps: int = 1000  # per iteration with budget "steps": `quick`'s measured count (benchmarks/fc_convergence.py)
 
 
 @dataclass
@@ -117,8 +117,8 @@ PRESETS: dict[str, dict] = {
 
 # Compute profiles: how long to train, not what to train. `full` is the paper scale.
 PROFILES: dict[str, dict] = {
-    "smoke": {"generator": {"steps": 60, "batch_size": 8}, "clip": {"epochs": 3, "batch_size": 128}},
-    "quick": {"generator": {"steps": 300, "batch_size": 16}, "clip": {"epochs": 10, "batch_size": 128}},
+    "smoke": {"generator": {"steps": 60, "batch_size": 8}, "clip": {"epochs": 3, "steps": 20, "batch_size": 128}},
+    "quick": {"generator": {"steps": 300, "batch_size": 16}, "clip": {"epochs": 10, "steps": 1000, "batch_size": 128}},
     "full": {"generator": {"steps": 3000, "batch_size": 32}, "clip": {"epochs": 10, "batch_size": 65536}},
 }
 
@@ -187,12 +187,17 @@ def make_config(preset: str = "ucf", profile: str = "quick", variant: str = "ful
     """A run configuration: paper preset, compute profile, ablation variant, then overrides.
 
     Overrides are keyword arguments with dotted or nested keys, e.g.
-    ``make_config("ucf", "quick", **{"generator.alpha": 1.0, "seed": 3})``.
+    ``make_config("ucf", "quick", **{"generator.alpha": 1.0, "seed": 3})``. An override of
+    `clip.epochs` without `clip.budget` asks for the epochs budget, the only one that reads it.
     """
     for name, table, what in ((preset, PRESETS, "preset"), (profile, PROFILES, "profile"), (variant, VARIANTS, "variant")):
         if name not in table:
             raise ValueError(f"unknown {what} {name!r}; choose from {sorted(table)}")
     data = to_dict(RunConfig())
-    for layer in (PRESETS[preset], PROFILES[profile], VARIANTS[variant], _nest(overrides)):
+    overrides = _nest(overrides)
+    clip = overrides.get("clip")
+    if isinstance(clip, dict) and "epochs" in clip and "budget" not in clip:
+        overrides["clip"] = {**clip, "budget": "epochs"}
+    for layer in (PRESETS[preset], PROFILES[profile], VARIANTS[variant], overrides):
         data = _merge(data, layer)
     return from_dict(data)

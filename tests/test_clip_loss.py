@@ -123,3 +123,12 @@ def test_train_clip_classifier_takes_the_step_budget():
             handle.remove()
         counts.append(len(steps))
     assert counts == [5, 5]
+
+
+def test_an_epoch_count_alone_selects_the_epoch_budget():
+    assert make_config("ucf", "quick", **{"clip.epochs": 7}).clip.budget == "epochs"
+    nested = {"epochs": 7}
+    assert make_config("ucf", "quick", clip=nested).clip.budget == "epochs"
+    assert nested == {"epochs": 7}  # the caller's dict is left as it was
+    assert make_config("ucf", "quick", **{"clip.epochs": 7, "clip.budget": "steps"}).clip.budget == "steps"
+    assert make_config("ucf", "quick", **{"clip.steps": 9}).clip.budget == ClipConfig().budget

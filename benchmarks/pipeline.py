@@ -17,7 +17,7 @@ FLOP per stage (a multiply-add is 2 FLOP; only the matmuls of the three-layer he
                                    none), the tail adds weight and input gradients: 2 L1 + 3 L_tail
     stage 1      steps 2B S (2 L1_g + 3 L_tail_g),  L1_g = 2 D K h1
     MC-Dropout   N C (L1 + 2 K h1 M)         L1 = 2 D K h1 for f_g, 2 (2D) h1 for f_c
-    train        E n_j C (2 L1_c + 3 L_tail_c)
+    train        E n_j C (2 L1_c + 3 L_tail_c); with clip.budget "steps": steps b (2 L1_c + 3 L_tail_c)
     score        N' C (L1_c + 2 h1)          (the tail collapses to one vector in eval mode)
 
 The peak is, unless --peak-tflops names one: on CPU, the best float32 matmul rate measured in
@@ -80,7 +80,8 @@ def stage_flops(config: dict, train_clips: int, test_clips: int, crops: int, dim
             mc = train_clips * crops * (l1_c + 2 * ch1 * c["mc_passes"])
         flops[f"iter{j}.mc_dropout"] = float(mc)
         flops[f"iter{j}.mining"] = 0.0
-        flops[f"iter{j}.train"] = float(c["epochs"] * n_sel * crops * (2 * l1_c + 3 * tail_c))
+        samples = c["steps"] * c["batch_size"] if c.get("budget") == "steps" else c["epochs"] * n_sel * crops
+        flops[f"iter{j}.train"] = float(samples * (2 * l1_c + 3 * tail_c))
         flops[f"iter{j}.score"] = float(test_clips * crops * (l1_c + 2 * ch1))
         flops[f"iter{j}.evaluate"] = 0.0
     return flops

@@ -43,6 +43,12 @@ class ClipConfig:
     two_way: bool = False  # True: 2-way softmax head like the released checkpoint (same loss)
     reinit: bool = True  # open: a new f_c per iteration ("train a new clip classifier", Fig. 2)
     mc_passes: int = 5  # M at the end of each iteration (Sec. 4.2)
+    loss: str = "bce"  # open: Eq. 11 as plain BCE, or "weighted": class-weighted BCE (MIST's stage 2)
+    class_weights: tuple[float, float] = (1.2, 0.8)  # "weighted": (abnormal, normal) term weights, MIST UCF-I3D
+    label_smoothing: float = 0.0  # open: targets clamped to [e, 1 - e] before the loss (MIST's form)
+    batches: str = "balanced"  # open: half of each batch from normal, half from abnormal videos (MIST), or "shuffled"
+    budget: str = "steps"  # open: f_c length in optimiser steps, equal for every selection, or "epochs"
+    steps: int = 1000  # per iteration with budget "steps": `quick`'s measured count (benchmarks/fc_convergence.py)
 
 
 @dataclass
@@ -54,6 +60,7 @@ class SelfTrainConfig:
     window: int = 5  # w of the long-term feature memory (released code)
     selection: str = "uncertainty"  # "uncertainty" (ours), "random" (standard self-training), "all"
     normal_labels: str = "zero"  # open: clips of normal videos are normal by the weak label
+    refine: str = "none"  # open: f_g's labels as they are, or "smooth_minmax" on abnormal videos (MIST, `cupl.method.refine`)
 
 
 @dataclass
@@ -86,6 +93,14 @@ class RunConfig:
             (self.generator.head_scores in ("sigmoid", "logits"), "generator.head_scores must be 'sigmoid' or 'logits'"),
             (self.generator.mc_passes >= 1 and self.clip.mc_passes >= 1, "mc_passes must be >= 1"),
             (self.generator.steps >= 1 and self.clip.epochs >= 1, "generator.steps and clip.epochs must be >= 1"),
+            (self.clip.loss in ("bce", "weighted"), "clip.loss must be 'bce' or 'weighted'"),
+            (len(self.clip.class_weights) == 2 and all(w > 0 for w in self.clip.class_weights),
+             "clip.class_weights must be two positive weights (abnormal, normal)"),
+            (0 <= self.clip.label_smoothing < 0.5, "clip.label_smoothing must be in [0, 0.5)"),
+            (self.clip.batches in ("shuffled", "balanced"), "clip.batches must be 'shuffled' or 'balanced'"),
+            (self.clip.budget in ("epochs", "steps"), "clip.budget must be 'epochs' or 'steps'"),
+            (self.clip.steps >= 1, "clip.steps must be >= 1"),
+            (self.self_train.refine in ("none", "smooth_minmax"), "self_train.refine must be 'none' or 'smooth_minmax'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -102,8 +117,8 @@ PRESETS: dict[str, dict] = {
 
 # Compute profiles: how long to train, not what to train. `full` is the paper scale.
 PROFILES: dict[str, dict] = {
-    "smoke": {"generator": {"steps": 60, "batch_size": 8}, "clip": {"epochs": 3, "batch_size": 128}},
-    "quick": {"generator": {"steps": 300, "batch_size": 16}, "clip": {"epochs": 10, "batch_size": 128}},
+    "smoke": {"generator": {"steps": 60, "batch_size": 8}, "clip": {"epochs": 3, "steps": 20, "batch_size": 128}},
+    "quick": {"generator": {"steps": 300, "batch_size": 16}, "clip": {"epochs": 10, "steps": 1000, "batch_size": 128}},
     "full": {"generator": {"steps": 3000, "batch_size": 32}, "clip": {"epochs": 10, "batch_size": 65536}},
 }
 
@@ -176,7 +191,7 @@ def from_dict(data: dict) -> RunConfig:
     kwargs = {}
     for key, value in merged.items():
         if key in sections:
-            value = {k: tuple(v) if k == "hidden" else v for k, v in value.items()}
+            value = {k: tuple(v) if k in ("hidden", "class_weights") else v for k, v in value.items()}
             kwargs[key] = sections[key](**value)
         else:
             kwargs[key] = value
@@ -187,12 +202,17 @@ def make_config(preset: str = "ucf", profile: str = "quick", variant: str = "ful
     """A run configuration: paper preset, compute profile, ablation variant, then overrides.
 
     Overrides are keyword arguments with dotted or nested keys, e.g.
-    ``make_config("ucf", "quick", **{"generator.alpha": 1.0, "seed": 3})``.
+    ``make_config("ucf", "quick", **{"generator.alpha": 1.0, "seed": 3})``. An override of
+    `clip.epochs` without `clip.budget` asks for the epochs budget, the only one that reads it.
     """
     for name, table, what in ((preset, PRESETS, "preset"), (profile, PROFILES, "profile"), (variant, VARIANTS, "variant")):
         if name not in table:
             raise ValueError(f"unknown {what} {name!r}; choose from {sorted(table)}")
     data = to_dict(RunConfig())
-    for layer in (PRESETS[preset], PROFILES[profile], VARIANTS[variant], _nest(overrides)):
+    overrides = _nest(overrides)
+    clip = overrides.get("clip")
+    if isinstance(clip, dict) and "epochs" in clip and "budget" not in clip:
+        overrides["clip"] = {**clip, "budget": "epochs"}
+    for layer in (PRESETS[preset], PROFILES[profile], VARIANTS[variant], overrides):
         data = _merge(data, layer)
     return from_dict(data)

@@ -129,5 +129,3 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-
-

@@ -48,8 +48,6 @@ class BuildFailed(RuntimeError):
     """`jupyter-book build` failed (a warning counts as a failure)."""
 
 
-
-
 @dataclass
 class ChainResult:
     """The notebooks in chain order, the bank they were given, the build's wall time
@@ -58,12 +56,6 @@ class ChainResult:
     runs: list[NotebookRun]
     bank: Path | None
     build_s: float | None
-
-
-
-
-
-
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -87,12 +79,6 @@ def resolve_parameters(notebook: Path, declared: set[str], chain: dict, extra: d
     return params
 
 
-
-
-
-
-
-
 def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | None) -> str:
     """What an executed copy depends on: notebook, parameters, `cupl` sources, bank."""
     record = {
@@ -102,12 +88,6 @@ def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | Non
         "bank": bank,
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
-
-
-
-
-
-
 
 
 def _kernel_manager_class():
@@ -296,14 +276,6 @@ def run_chain(
     return ChainResult(runs, bank_path, build_s)
 
 
-
-
-
-
-
-
-
-
 @contextlib.contextmanager
 def _environment(values: dict):
     """Environment variables set for the kernels started inside, restored afterwards."""
@@ -353,7 +325,5 @@ def build_book(root: Path, force: bool = False, progress: bool = True) -> float:
     if progress:
         print(f"book built in {wall:.1f} s: {root / '_build' / 'html' / 'index.html'}", flush=True)
     return wall
-
-
 
 

@@ -123,7 +123,6 @@ def _add(table: dict, path: Path, lineno: int, ann: VideoAnnotation):
     table[ann.name] = ann
 
 
-
 def _rows(path: Path):
     """(line number, whitespace-separated fields) of every non-blank line of a text file."""
     for lineno, line in enumerate(path.read_text().splitlines(), 1):

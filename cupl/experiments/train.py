@@ -23,19 +23,9 @@ from cupl.method.losses import clip_loss, generator_loss
 from cupl.method.mining import reliable_mask_split
 from cupl.method.models import ClipClassifier, MultiHeadClassifier
 from cupl.method.pooling import segment_split
+from cupl.method.refine import refine_labels
 from cupl.method.uncertainty import collapse_tail, dropout_masks, mc_from_hidden
 from cupl.util import progress as progress_bar
-
-
-
-
-
-
-
-
-
-
-
 
 
 def prepare_split(split: Split, crops: str, device, dtype=torch.float32) -> Split:
@@ -96,10 +86,6 @@ def train_generator(train: Split, cfg: GeneratorConfig, *, rng: torch.Generator,
     return model.eval()
 
 
-
-
-
-
 def pseudo_labels(model, split: Split, passes: int, *, window: int | None = None,
                   rng: torch.Generator | None = None, batch_size: int = 65536, amp: bool = False):
     """Pseudo labels and uncertainty of every clip by MC-Dropout (Eq. 8-10), crops averaged.
@@ -142,8 +128,11 @@ def train_clip_classifier(train: Split, labels: torch.Tensor, selected: torch.Te
                           amp: bool = False, progress: bool = False) -> ClipClassifier:
     """f_c on the reliable set (Algorithm 1, l. 19-22) with BCE against pseudo labels (Eq. 11).
 
-    labels, selected: [N]. Every crop of a selected clip is a sample with the clip's label;
-    samples are shuffled across videos and fed in batches of `cfg.batch_size`.
+    labels, selected: [N]. Every crop of a selected clip is a sample with the clip's label, fed
+    in batches of `cfg.batch_size` for `cfg.epochs` passes or `cfg.steps` steps (`cfg.budget`),
+    shuffled across videos or half from normal and half from abnormal videos (`cfg.batches`,
+    `clip_batches`). The loss is `clip_loss`, with `cfg.class_weights` when
+    `cfg.loss == "weighted"`, and `cfg.label_smoothing`.
 
     The memory half of each selected clip's temporal feature is computed once, before the
     epochs (`memory_table`), so a step gathers two rows per sample instead of w + 1; the
@@ -162,21 +151,50 @@ def train_clip_classifier(train: Split, labels: torch.Tensor, selected: torch.Te
     if model is None:
         model = ClipClassifier(2 * train.features.shape[2], cfg.hidden, cfg.dropout, cfg.two_way).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    weights = cfg.class_weights if cfg.loss == "weighted" else None
+    normal = (train.labels == 0).repeat_interleave(train.lengths)[rows][sample_clips]
     model.train()
-    for _ in progress_bar(range(cfg.epochs), progress, desc="f_c epochs", leave=False):
-        order = to_device(torch.randperm(len(sample_clips), generator=rng), device)
-        for batch in order.split(cfg.batch_size):
-            s, c = sample_clips[batch], sample_crops[batch]
-            x = torch.cat([train.features[rows[s], c], memory[s, c]], dim=-1)
-            with autocast(device, amp):
-                logits = model(x).float()
-            loss = clip_loss(logits, targets[s])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    for batch in clip_batches(normal, cfg, rng, progress):
+        batch = to_device(batch, device)
+        s, c = sample_clips[batch], sample_crops[batch]
+        x = torch.cat([train.features[rows[s], c], memory[s, c]], dim=-1)
+        with autocast(device, amp):
+            logits = model(x).float()
+        loss = clip_loss(logits, targets[s], class_weights=weights, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return model.eval()
 
 
+def clip_batches(normal: torch.Tensor, cfg: ClipConfig, rng: torch.Generator, progress: bool = False):
+    """Sample indices [b] of f_c's optimiser steps, drawn on the CPU from `rng`.
+
+    normal: [n] bool, which samples come from normal videos. budget "epochs": `cfg.epochs`
+    passes over the samples; "steps": `cfg.steps` batches, the same number whatever share of the
+    clips is selected. batches "shuffled": samples of all videos mixed, a pass a permutation and
+    a step a uniform draw; "balanced": half of each batch from normal and half from abnormal
+    videos, a pass ending with the smaller side (as two zipped loaders do).
+    """
+    normal = normal.cpu()
+    count, b = len(normal), cfg.batch_size
+    sides = [torch.nonzero(normal).flatten(), torch.nonzero(~normal).flatten()]
+    balanced = cfg.batches == "balanced" and all(len(side) for side in sides)
+    if cfg.budget == "steps":
+        for _ in progress_bar(range(cfg.steps), progress, desc="f_c steps", leave=False):
+            if balanced:
+                yield torch.cat([side[torch.randint(len(side), (n,), generator=rng)]
+                                 for side, n in zip(sides, (b // 2, b - b // 2))])
+            else:
+                yield torch.randint(count, (b,), generator=rng)
+        return
+    for _ in progress_bar(range(cfg.epochs), progress, desc="f_c epochs", leave=False):
+        if not balanced:
+            yield from torch.randperm(count, generator=rng).split(b)
+            continue
+        halves = [side[torch.randperm(len(side), generator=rng)].split(n)
+                  for side, n in zip(sides, (b // 2, b - b // 2))]
+        yield from (torch.cat(pair) for pair in zip(*halves))
 
 
 def score_clips(model: ClipClassifier, split: Split, window: int, *, batch_size: int = 65536,
@@ -251,6 +269,8 @@ def _run(config, train, test, oracle, progress, keep_arrays, device, f_g) -> Run
         passes = config.generator.mc_passes if it == 1 else config.clip.mc_passes
         labels, unc = timed(f"iter{it}.mc_dropout", pseudo_labels, model, train, passes, window=window,
                             rng=rng, batch_size=config.eval_batch_size, amp=amp)
+        if it == 1:  # the step between the stages: f_g's scores into f_c's first targets
+            labels = refine_labels(labels, train, st.refine)
         if st.normal_labels == "zero":
             labels = torch.where(normal_rows, torch.zeros_like(labels), labels)
         selected = timed(f"iter{it}.mining", select_reliable, unc, train, st, rng)
@@ -289,11 +309,5 @@ def stage1(config: RunConfig, train: Split, *, progress: bool = False) -> MultiH
         rng = torch.Generator().manual_seed(config.seed)
         split = prepare_split(train, config.crops, device, feature_dtype(device, config.amp))
         return _stage1(config, split, rng, progress).cpu()
-
-
-
-
-
-
 
 

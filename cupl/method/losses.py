@@ -100,14 +100,28 @@ def generator_loss(abnormal_heads: torch.Tensor, normal_heads: torch.Tensor, alp
     return parts
 
 
-def clip_loss(logits: torch.Tensor, pseudo_labels: torch.Tensor) -> torch.Tensor:
+def clip_loss(logits: torch.Tensor, pseudo_labels: torch.Tensor, *,
+              class_weights: tuple[float, float] | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
     """Eq. 11: binary cross entropy of f_c against soft pseudo labels, on logits.
 
     logits, pseudo_labels: [N]. Averaged (not summed) over N, so the learning rate does not
     depend on how many reliable clips were mined.
+    label_smoothing e: targets clamped to [e, 1 - e] first, y' = min(max(y, e), 1 - e), the
+    form of MIST's stage-2 loss (a clamp, not the mix y (1 - e) + e / 2: soft labels inside
+    the band are left as they are). class_weights (w_a, w_n): the class-weighted BCE of MIST,
+    ``mean(-w_a y' log sigmoid(z) - w_n (1 - y') log(1 - sigmoid(z)))``; None is w_a = w_n = 1.
+    The logarithms are taken of the logits (log-sigmoid), where MIST adds 1e-8 to probabilities.
     """
     if logits.shape != pseudo_labels.shape:
         raise ValueError(
             f"clip_loss: logits {tuple(logits.shape)} and pseudo_labels {tuple(pseudo_labels.shape)} differ"
         )
-    return F.binary_cross_entropy_with_logits(logits, pseudo_labels)
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"clip_loss: label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
+    targets = pseudo_labels.clamp(label_smoothing, 1.0 - label_smoothing) if label_smoothing else pseudo_labels
+    if class_weights is None:
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    w_abnormal, w_normal = class_weights
+    if not (w_abnormal > 0 and w_normal > 0):
+        raise ValueError(f"clip_loss: class_weights must be two positive numbers, got {class_weights!r}")
+    return -(w_abnormal * targets * F.logsigmoid(logits) + w_normal * (1 - targets) * F.logsigmoid(-logits)).mean()

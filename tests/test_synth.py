@@ -161,7 +161,8 @@ def test_a_quick_video_is_the_full_video_of_the_same_name():
     full = {p.name: p for p in synth.video_plan("ucf", "full", seed=4)}
     quick = list(synth.video_plan("ucf", "quick", seed=4))
     assert all(p == full[p.name] for p in quick)
-    assert sum(len(p.events) for p in quick if p.split == "train") > 100
+    train = [p for p in quick if p.split == "train"]
+    assert all(p.events for p in train if p.label) and sum(p.label for p in train) > 0  # drawn events compared
 
 
 def test_training_events():

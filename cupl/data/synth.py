@@ -69,11 +69,11 @@ class SynthProfile:
 
 
 # `quick` keeps real time (frame_scale 1) and pays for the real lengths with D, crops and
-# videos: training costs in proportion to training clips, so a ninth of the training list;
+# videos: training costs in proportion to training clips, so 1 in 15 training videos;
 # test videos are only scored, so half the test list. `smoke` (tests and CI) subsamples time.
 PROFILES = {
     "smoke": SynthProfile("smoke", feature_dim=64, crops=2, train_every=40, test_every=10, frame_scale=16),
-    "quick": SynthProfile("quick", feature_dim=64, crops=1, train_every=9, test_every=2, frame_scale=1),
+    "quick": SynthProfile("quick", feature_dim=64, crops=1, train_every=15, test_every=2, frame_scale=1),
     "full": SynthProfile("full", feature_dim=2048, crops=10, train_every=1, test_every=1, frame_scale=1),
 }
 

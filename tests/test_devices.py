@@ -286,7 +286,7 @@ def test_stretch_and_spacing(gpu_check):
 def test_gpu_check_runs_on_cpu_at_tiny_scale(gpu_check, tmp_path, capsys):
     code = gpu_check.main([
         "--device", "cpu", "--scale", "0.01", "--dim", "16", "--crops", "2", "--profile", "smoke",
-        "--train-clips", "0", "--io-gb", "0.0005", "--skip", "compile",
+        "--train-clips", "0", "--io-gb", "0.0002", "--skip", "compile",
         "--set", "generator.steps", "5", "--set", "clip.epochs", "1", "--set", "generator.hidden", "(32, 16)",
         "--set", "clip.hidden", "(32, 8)", "--peak-tflops", "1", "--agree-videos", "6",
         "--agree-test-videos", "3", "--agree-steps", "5", "--agree-epochs", "1", "--out", str(tmp_path)])

@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -316,3 +317,69 @@ def test_tad_import_checks_clip_counts_and_clips_intervals(tmp_path):
     assert err.value.problems == [
         "Normal_001: 3 clips but 20 frames need ceil(20/16) = 2 clips (16-frame clips, last one padded)"]
     assert not (tmp_path / "tad2.h5").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The real annotation files, as distributed, with small feature files written here
+
+RESOURCES = Path(__file__).resolve().parents[1] / "cupl" / "data" / "resources"
+
+
+def test_xd_import_accepts_the_real_annotation_file(tmp_path):
+    """annotations.txt as distributed: 14 names with '.mp4' and 71 intervals past the last
+    full clip (counted with awk on the file) are imported and noted, not refused."""
+    real = RESOURCES / "xd-violence"
+    root = tmp_path / "xd"
+    root.mkdir()
+    test = [line.split("\t") for line in (real / "test_videos.txt").read_text().splitlines()]
+    train = (real / "train_videos.txt").read_text().split()[:4]
+    for name, clips in test + [(n, 3) for n in train]:
+        np.save(root / f"{name}__0.npy", np.ones((int(clips), 2), np.float32))
+    (tmp_path / "train.list").write_text("".join(f"{n}__0.npy\n" for n in train))
+    (tmp_path / "test.list").write_text("".join(f"{n}__0.npy\n" for n, _ in test))
+    out = import_xd(tmp_path / "train.list", tmp_path / "test.list", real / "annotations.txt",
+                    tmp_path / "xd.h5", feature_root=root, progress=False)
+    with FeatureBank.open(out) as bank:
+        videos = bank.videos("test")
+        assert len(videos) == 800 and sum(v.label for v in videos) == 500
+        assert [v.num_frames for v in videos] == [16 * int(c) for _, c in test]
+        clipped = json.loads(bank.attrs["clipped"])
+        assert len(clipped) == 71 and all(len(notes) == 1 for notes in clipped.values())
+        notes = json.loads(bank.attrs["annotation_notes"])[str(real / "annotations.txt")]
+        assert len(notes) == 14 and all("carries '.mp4'" in n for n in notes)
+        # annotated [10, 1848) in a video of 115 clips = 1840 frames
+        black_hawk = "Black.Hawk.Down.2001__#02-00-12_02-01-29_label_B2-0-0"
+        np.testing.assert_array_equal(np.flatnonzero(bank.frame_labels(black_hawk)), np.arange(10, 1840))
+        assert clipped[black_hawk] == [f"{black_hawk}: interval [10, 1848) ends beyond its 1840 frames; "
+                                       "clipped to [10, 1840)"]
+        # written 'v=U6MC8JJJZSY__#1_label_G-0-0.mp4 150 779'
+        np.testing.assert_array_equal(np.flatnonzero(bank.frame_labels("v=U6MC8JJJZSY__#1_label_G-0-0")),
+                                      np.arange(150, 779))
+
+
+def test_tad_import_accepts_the_real_label_files(tmp_path):
+    """TAD_test.txt as distributed: 40 normal videos with a dummy '0 num_frames' interval and
+    22 intervals ending at num_frames + 1 (counted with awk) are imported and noted."""
+    real = RESOURCES / "tad"
+    root = tmp_path / "tad"
+    root.mkdir()
+    rows = [line.split() for name in ("TAD_train.txt", "TAD_test.txt")
+            for line in (real / name).read_text().splitlines()]
+    for row in rows:
+        frames = int(row[2] if row[1] == "0" and len(row) == 4 else row[1])
+        name = row[0].rsplit("/", 1)[1][:-4]
+        np.save(root / f"{name}_i3d.npy", np.ones((math.ceil(frames / 16), 1, 2), np.float32))
+    out = import_tad(real / "TAD_train.txt", real / "TAD_test.txt", root, tmp_path / "tad.h5", progress=False)
+    with FeatureBank.open(out) as bank:
+        test = bank.videos("test")
+        assert (len(bank.videos("train")), len(test), sum(v.label for v in test)) == (400, 100, 60)
+        assert all(not bank.frame_labels(v.name).any() for v in test if not v.label)
+        assert len(json.loads(bank.attrs["clipped"])) == 22
+        notes = json.loads(bank.attrs["annotation_notes"])
+        assert notes[str(real / "TAD_train.txt")] == []
+        assert sum("read as no interval" in n for n in notes[str(real / "TAD_test.txt")]) == 40
+        assert sum("ends beyond" in n for n in notes[str(real / "TAD_test.txt")]) == 22
+        # 'frames/abnormal/01_Accident_014.mp4 243 1 86 244'
+        np.testing.assert_array_equal(np.flatnonzero(bank.frame_labels("01_Accident_014")), np.arange(86, 243))
+        # 'frames/normal/Normal_241.mp4 300 0 0 300'
+        assert bank.frame_labels("Normal_241").shape == (300,) and not bank.frame_labels("Normal_241").any()

@@ -13,20 +13,27 @@ import pytest
 
 from cupl.data import synth
 from cupl.data.bank import FeatureBank
+from cupl.data.reference import load_reference
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ucf-crime"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real UCF-Crime reference files not at {SHARED}")
+RESOURCES = Path(__file__).resolve().parents[1] / "cupl" / "data" / "resources"
+UCF, XD, TAD = (RESOURCES / d for d in ("ucf-crime", "xd-violence", "tad"))
 
 
 def reference_test_table():
     """The real test videos parsed here, independently of cupl: name -> (class, intervals
     with the project's rule (0-based, end exclusive), frames), in the test list's order."""
     rows = {}
-    for line in (SHARED / "Temporal_Anomaly_Annotation.txt").read_text().splitlines():
+    for line in (UCF / "Temporal_Anomaly_Annotation.txt").read_text().splitlines():
         video, cls, s1, e1, s2, e2, frames = line.split()
         pairs = [(int(s), int(e)) for s, e in ((s1, e1), (s2, e2)) if int(s) != -1]
         rows[video.removesuffix(".mp4")] = (cls, pairs, int(frames))
-    return {name: rows[name] for name in (SHARED / "test_videos.txt").read_text().split()}
+    return {name: rows[name] for name in (UCF / "test_videos.txt").read_text().split()}
+
+
+def reference_train_frames():
+    """name -> real frame count of the 1,610 UCF-Crime training videos (train_frames.txt)."""
+    rows = (line.split() for line in (UCF / "train_frames.txt").read_text().splitlines())
+    return {path.rsplit("/", 1)[1].removesuffix(".mp4"): int(frames) for path, _, frames, _ in rows}
 
 
 def reference_mask(intervals, frames):
@@ -34,6 +41,11 @@ def reference_mask(intervals, frames):
     for s, e in intervals:
         mask[s:min(e, frames)] = 1
     return mask
+
+
+def systematic(n, k):
+    """How many videos a 1/k systematic sample (from the (k // 2)-th) of n videos keeps."""
+    return len(range(k // 2, n, k))
 
 
 def digest(videos) -> str:
@@ -45,21 +57,21 @@ def digest(videos) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def quick_test_videos():
-    return [v for v in synth.generate("ucf", "quick", seed=0) if v.split == "test"]
+def split(plans, name):
+    return [p for p in plans if p.split == name]
 
 
 # --------------------------------------------------------------------------- real structure
 
 
-@needs_shared
 def test_full_plan_is_the_real_ucf_crime():
     plans = list(synth.video_plan("ucf", "full", seed=0))
-    train = [p for p in plans if p.split == "train"]
-    test = [p for p in plans if p.split == "test"]
-    assert [p.name for p in train] == (SHARED / "train_videos.txt").read_text().split()
+    train, test = split(plans, "train"), split(plans, "test")
+    frames = reference_train_frames()
+    assert [p.name for p in train] == (UCF / "train_videos.txt").read_text().split()
     assert sum(p.label for p in train) == 810 and len(train) == 1610
+    assert [p.num_frames for p in train] == [frames[p.name] for p in train]
+    assert (train[0].name, train[0].num_frames) == ("Abuse001_x264", 2728)  # line 1 of train_frames.txt
     reference = reference_test_table()
     assert [p.name for p in test] == list(reference)
     for p in test:
@@ -69,32 +81,88 @@ def test_full_plan_is_the_real_ucf_crime():
     assert sum(len(p.events) == 2 for p in test) == 16
 
 
-@needs_shared
-def test_quick_test_videos_are_the_real_ones_at_one_eighth_the_frame_rate(quick_test_videos):
-    scale = synth.PROFILES["quick"].frame_scale
-    assert scale == 8
+def test_full_plan_is_the_real_xd_violence():
+    plans = list(synth.video_plan("xd", "full", seed=0))
+    train, test = split(plans, "train"), split(plans, "test")
+    clips = [line.split("\t") for line in (XD / "test_videos.txt").read_text().splitlines()]
+    assert [(p.name, p.num_clips, p.num_frames) for p in test] == [(n, int(c), 16 * int(c)) for n, c in clips]
+    annotated = {}
+    for line in (XD / "annotations.txt").read_text().splitlines():
+        name, *frames = line.split()
+        annotated[name.removesuffix(".mp4")] = [(int(s), int(e)) for s, e in zip(frames[::2], frames[1::2])]
+    assert sum(p.label for p in test) == 500 == len(annotated)
+    for p in test:
+        expected = [(s, min(e, p.num_frames)) for s, e in annotated.get(p.name, [])]
+        assert list(p.events) == expected and p.label == int(p.name in annotated)
+    assert sum(e > p.num_frames for p in test for _, e in annotated.get(p.name, [])) == 71
+    assert test[2].events == ((2610, 2670), (2760, 3060), (3167, 4310))
+    names = (XD / "train_videos.txt").read_text().split()
+    assert [p.name for p in train] == names and len(train) == 3954
+    assert sum(p.label for p in train) == sum("_label_A" not in n for n in names) == 1905
+    # unpublished training lengths: a real test length of the same label, jittered by 0.8-1.25
+    for label in (0, 1):
+        lengths = np.array([p.num_frames for p in test if p.label == label])
+        drawn = np.array([p.num_frames for p in train if p.label == label])
+        assert drawn.min() >= 0.8 * lengths.min() - 1 and drawn.max() <= 1.25 * lengths.max() + 1
+        assert abs(np.median(drawn) / np.median(lengths) - 1) < 0.1
+
+
+def test_full_plan_is_the_real_tad():
+    plans = list(synth.video_plan("tad", "full", seed=0))
+    train, test = split(plans, "train"), split(plans, "test")
+    rows = [line.split() for line in (TAD / "TAD_train.txt").read_text().splitlines()]
+    assert [(p.name, p.num_frames, p.label) for p in train] == [
+        (path.rsplit("/", 1)[1][:-4], int(frames), int(cls != "0")) for path, _, frames, cls in rows]
+    rows = [line.split() for line in (TAD / "TAD_test.txt").read_text().splitlines()]
+    assert len(train) == 400 and len(test) == 100
+    for p, (path, frames, cls, start, end) in zip(test, rows):
+        assert (p.name, p.num_frames, p.label) == (path.rsplit("/", 1)[1][:-4], int(frames), int(cls != "0"))
+        assert p.events == (((int(start), min(int(end), int(frames))),) if cls != "0" else ())
+    assert test[0].events == ((75, 110),) and test[2].events == ((16, 66),)
+    assert test[3].events == ((86, 243),)  # 01_Accident_014: annotated [86, 244) in 243 frames
+
+
+def test_smoke_test_videos_are_the_real_ones_at_one_sixteenth_the_frame_rate():
+    scale = synth.PROFILES["smoke"].frame_scale
+    assert scale == 16
     reference = reference_test_table()
-    assert [v.name for v in quick_test_videos] == list(reference) and len(reference) == 290
-    for v in quick_test_videos:
+    videos = [v for v in synth.generate("ucf", "smoke", seed=0) if v.split == "test"]
+    assert len(videos) == systematic(290, synth.PROFILES["smoke"].test_every)
+    for v in videos:
         cls, intervals, frames = reference[v.name]
         assert v.category == cls and v.label == int(cls != "Normal")
-        assert v.num_frames == math.ceil(frames / 8)
-        # frame i of the synthetic video is real frame 8 i, with its real label
-        np.testing.assert_array_equal(v.frame_labels, reference_mask(intervals, frames)[::8])
-        assert v.features["rgb"].shape == (math.ceil(v.num_frames / 16), 2, 256)
+        assert v.num_frames == math.ceil(frames / 16)
+        # frame i of the synthetic video is real frame 16 i, with its real label
+        np.testing.assert_array_equal(v.frame_labels, reference_mask(intervals, frames)[::16])
+        assert v.features["rgb"].shape == (math.ceil(v.num_frames / 16), 2, 64)
 
 
-@needs_shared
-def test_quick_training_videos_follow_the_real_class_mix():
-    train = [p for p in synth.video_plan("ucf", "quick", seed=0) if p.split == "train"]
-    real = (SHARED / "train_videos.txt").read_text().split()
-    assert len(train) == 240 and {p.name for p in train} <= set(real)
-    real_abnormal = sum(not n.startswith("Normal") for n in real) / len(real)
-    assert abs(sum(p.label for p in train) / 240 - real_abnormal) < 0.01
+def test_quick_is_in_real_time_on_a_systematic_sample_of_the_real_lists():
+    profile = synth.PROFILES["quick"]
+    assert profile.frame_scale == 1
+    plans = list(synth.video_plan("ucf", "quick", seed=0))
+    train, test = split(plans, "train"), split(plans, "test")
+    k = profile.train_every
+    assert len(train) == systematic(1610, k) and len(test) == systematic(290, profile.test_every)
+    frames, reference = reference_train_frames(), reference_test_table()
+    assert all(p.num_frames == frames[p.name] for p in train)
+    for p in test:
+        cls, intervals, real_frames = reference[p.name]
+        assert p.num_frames == real_frames and p.events == tuple((s, min(e, real_frames)) for s, e in intervals)
+    names = (UCF / "train_videos.txt").read_text().split()
     counts = Counter(p.category for p in train)
-    real_counts = Counter(n.rstrip("0123456789_x264").removesuffix("_Videos") for n in real)
-    for category, n in real_counts.items():   # evenly spaced along the sorted list: within one video
-        assert abs(counts[category] - n * 240 / 1610) <= 1
+    for category, n in Counter(n.rstrip("0123456789_x264").removesuffix("_Videos") for n in names).items():
+        assert abs(counts[category] - n / k) <= 1
+    order = {n: i for i, n in enumerate(names)}
+    assert [order[p.name] for p in train] == sorted(order[p.name] for p in train)
+
+
+def test_a_quick_video_is_the_full_video_of_the_same_name():
+    full = {p.name: p for p in synth.video_plan("ucf", "full", seed=4)}
+    quick = list(synth.video_plan("ucf", "quick", seed=4))
+    assert all(p == full[p.name] for p in quick)
+    train = [p for p in quick if p.split == "train"]
+    assert all(p.events for p in train if p.label) and sum(p.label for p in train) > 0  # drawn events compared
 
 
 def test_training_events():
@@ -126,6 +194,44 @@ def test_clips_and_oracle_follow_the_16_frame_rule():
         assert video.frame_labels is None
 
 
+# --------------------------------------------------------------------------- the time regime
+
+
+def plan(split, index, num_frames, events=(), label=None):
+    label = int(bool(events)) if label is None else label
+    return synth.VideoPlan(split, index, f"{split}{index}", label, "Abuse" if label else "Normal", num_frames, events)
+
+
+def test_regime_stats_on_a_hand_made_plan():
+    plans = [plan("train", 0, 16 * 31, ((0, 40), (100, 164))),   # 31 clips: short; events 2.5, 4 clips
+             plan("train", 1, 16 * 32 + 1, ((16, 48),)),          # 33 clips; event 2 clips
+             plan("train", 2, 16 * 100),                           # normal
+             plan("test", 0, 16 * 10, ((0, 160),))]               # short; test events do not count
+    regime = synth.regime_stats(plans)
+    assert (regime.videos, regime.short_share) == (4, 2 / 4)
+    assert (regime.events, regime.median_event_clips) == (3, 2.5)
+    assert synth.regime_stats(plans, num_segments=8).short_share == 0
+    with pytest.raises(ValueError, match="no videos"):
+        synth.regime_stats([])
+
+
+def test_quick_keeps_the_time_regime_of_full():
+    """Share of videos shorter than S = 32 clips (train and test) and median training-event
+    span in clips: quick within 10 % of full, from the plans and their event draws.
+
+    The events are pooled over seeds 0-4: quick's median over its ~130 drawn events alone
+    moves by about 15 % from seed to seed, which would measure the draw, not the profile."""
+    def pooled(profile):
+        return synth.regime_stats(itertools.chain.from_iterable(
+            synth.video_plan("ucf", profile, seed=seed) for seed in range(5)))
+
+    quick, full = pooled("quick"), pooled("full")
+    assert abs(quick.short_share / full.short_share - 1) <= 0.10
+    assert abs(quick.median_event_clips / full.median_event_clips - 1) <= 0.10
+    # the real lists themselves: 91 of 1,610 training and 23 of 290 test videos under 32 clips
+    assert full.short_share == (91 + 23) / 1900
+
+
 # --------------------------------------------------------------------------- premises
 
 
@@ -153,16 +259,6 @@ def test_xd_audio_is_a_correlated_stream():
         inside += list(departure[v.oracle_clip_labels > 0.5])
         outside += list(departure[v.oracle_clip_labels == 0])
     assert np.mean(inside) > np.mean(outside)
-
-
-def test_tad_has_longer_events_and_fewer_videos():
-    def anomalous_fraction(preset):
-        plans = [p for p in synth.video_plan(preset, "quick", seed=0) if p.split == "train"]
-        return len(plans), np.mean([sum(e - s for s, e in p.events) / p.num_frames for p in plans if p.label])
-
-    ucf_videos, ucf_fraction = anomalous_fraction("ucf")
-    tad_videos, tad_fraction = anomalous_fraction("tad")
-    assert tad_videos == ucf_videos // 2 and tad_fraction > 1.5 * ucf_fraction
 
 
 # --------------------------------------------------------------------------- determinism
@@ -225,8 +321,9 @@ def test_cupl_synth_writes_a_bank_that_reads_back(tmp_path, capsys, preset):
         assert a["modalities"] == (["rgb", "audio"] if preset == "xd" else ["rgb"])
         assert a["dim_rgb"] == profile.feature_dim
         train, test = bank.videos("train"), bank.videos("test")
-        assert len(train) == round(profile.num_train * preset_.video_fraction)
-        assert len(test) == round(profile.num_test * preset_.video_fraction)
+        ref = load_reference(preset)
+        assert len(train) == systematic(len(ref.train), profile.train_every)
+        assert len(test) == systematic(len(ref.test), profile.test_every)
         assert all(r.num_clips == math.ceil(r.num_frames / 16) for r in train + test)
         split = bank.load_split("test", modality="rgb+audio" if preset == "xd" else "rgb")
         assert len(split.frame_labels) == len(test)

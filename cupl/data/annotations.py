@@ -7,9 +7,14 @@ Three formats carry the test videos' abnormal intervals, and one the lists of fe
   as a 7th; ``-1`` marks a missing interval; normal videos have class ``Normal``.
 - XD-Violence ``annotations.txt``: ``name s1 e1 [s2 e2 ...]``, abnormal test videos only;
   some names carry ``.mp4``.
-- TAD label files in the UMIL layout: test ``path num_frames class start end``, train
-  ``path 0 num_frames class``; class 0 is normal.
+- Label files in the UMIL layout (TAD, and UCF-Crime's training frame counts): test
+  ``path num_frames class start end``, train ``path 0 num_frames class``; class 0 is normal.
 - List files: one feature path per line.
+
+The parsers read the files as they are. A real file's quirk is neither an error nor silently
+mended: the parser returns it in the table's `notes`, one line per occurrence naming file,
+line and video (XD names with ``.mp4``; TAD's dummy interval ``0 num_frames`` on normal test
+videos, read as no interval; intervals ending past a stated frame count).
 
 **The interval rule, stated once.** Frames are 0-based and an interval ``(start, end)``
 marks frames ``start <= f < end`` abnormal: the end is exclusive. This is the rule of the
@@ -17,7 +22,9 @@ authors' released evaluation (``annotation[start:end] = 1``) and of XD-Violence'
 ground-truth script; RTFM's UCF script includes the end frame instead, which moves one
 frame per interval. An interval reaching past the video is clipped to ``num_frames`` (UCF's
 Arson011 ends at 1267 in a 1266-frame video; TAD's ends are often ``num_frames + 1``) and
-the clip is reported, never silent: `frame_mask` returns a note for every clipped interval.
+the clip is reported, never silent: `clip_intervals` and `frame_mask` return a note for every
+clipped interval. XD-Violence's frame-level ground truth covers ``16 * num_clips`` frames, so
+there the video ends at its last full 16-frame clip.
 """
 
 from __future__ import annotations
@@ -54,17 +61,23 @@ class VideoAnnotation:
         return int(self.category != "Normal")
 
 
-def frame_mask(intervals, num_frames: int, name: str = "video") -> tuple[np.ndarray, list[str]]:
-    """Abnormal frames of one video as a uint8 mask [num_frames], and notes on clipping.
+class Annotations(dict):
+    """{name: VideoAnnotation} in file order, with `notes` on the file's quirks (a list of str)."""
 
-    Interval ``(s, e)`` marks frames ``s <= f < e`` (0-based, end exclusive). Ends past
-    ``num_frames`` are clipped to it and reported; an interval starting at or beyond the
-    last frame is dropped and reported.
+    def __init__(self):
+        super().__init__()
+        self.notes: list[str] = []
+
+
+def clip_intervals(intervals, num_frames: int, name: str = "video") -> tuple[tuple[tuple[int, int], ...], list[str]]:
+    """Intervals ``(s, e)`` clipped to ``[0, num_frames)``, and a note for every one changed.
+
+    An end past ``num_frames`` becomes ``num_frames``; an interval starting at or beyond it
+    is dropped.
     """
     if num_frames < 1:
         raise ValueError(f"{name}: num_frames must be >= 1, got {num_frames}")
-    mask = np.zeros(num_frames, dtype=np.uint8)
-    notes = []
+    kept, notes = [], []
     for start, end in intervals:
         if start >= num_frames:
             notes.append(f"{name}: interval [{start}, {end}) starts beyond its {num_frames} frames; dropped")
@@ -74,7 +87,21 @@ def frame_mask(intervals, num_frames: int, name: str = "video") -> tuple[np.ndar
                 f"{name}: interval [{start}, {end}) ends beyond its {num_frames} frames; "
                 f"clipped to [{start}, {num_frames})"
             )
-        mask[start:min(end, num_frames)] = 1
+        kept.append((start, min(end, num_frames)))
+    return tuple(kept), notes
+
+
+def frame_mask(intervals, num_frames: int, name: str = "video") -> tuple[np.ndarray, list[str]]:
+    """Abnormal frames of one video as a uint8 mask [num_frames], and notes on clipping.
+
+    Interval ``(s, e)`` marks frames ``s <= f < e`` (0-based, end exclusive). Ends past
+    ``num_frames`` are clipped to it and reported; an interval starting at or beyond the
+    last frame is dropped and reported.
+    """
+    kept, notes = clip_intervals(intervals, num_frames, name)
+    mask = np.zeros(num_frames, dtype=np.uint8)
+    for start, end in kept:
+        mask[start:end] = 1
     return mask, notes
 
 
@@ -117,11 +144,14 @@ def _pairs(path: Path, lineno: int, values: list[int]) -> tuple[tuple[int, int],
     return tuple(pairs)
 
 
-def _add(table: dict, path: Path, lineno: int, ann: VideoAnnotation):
+def _add(table: Annotations, path: Path, lineno: int, ann: VideoAnnotation):
     if ann.name in table:
         raise AnnotationError(f"{path}:{lineno}: video {ann.name} is annotated twice")
     table[ann.name] = ann
-
+    if ann.num_frames is not None:
+        # kept as written: the interval rule clips it wherever a mask or plan is built
+        table.notes += [f"{path}:{lineno}: {note} by the interval rule"
+                        for note in clip_intervals(ann.intervals, ann.num_frames, ann.name)[1]]
 
 def _rows(path: Path):
     """(line number, whitespace-separated fields) of every non-blank line of a text file."""
@@ -130,13 +160,15 @@ def _rows(path: Path):
         if fields:
             yield lineno, fields
 
-def parse_ucf_annotations(path) -> dict[str, VideoAnnotation]:
+
+def parse_ucf_annotations(path) -> Annotations:
     """UCF-Crime temporal annotation, 6-column original or 7-column with frame counts.
 
-    Returns {name: VideoAnnotation} in file order; ``num_frames`` is None for 6 columns.
+    Returns `Annotations` {name: VideoAnnotation} in file order; ``num_frames`` is None for 6
+    columns; `notes` names the intervals that end past the stated frame count.
     """
     path = Path(path)
-    table: dict[str, VideoAnnotation] = {}
+    table = Annotations()
     for lineno, fields in _rows(path):
         if len(fields) not in (6, 7):
             raise AnnotationError(
@@ -154,15 +186,21 @@ def parse_ucf_annotations(path) -> dict[str, VideoAnnotation]:
     return table
 
 
-def parse_xd_annotations(path) -> dict[str, VideoAnnotation]:
+def parse_xd_annotations(path) -> Annotations:
     """XD-Violence ``annotations.txt``: abnormal test videos and their frame pairs.
 
-    The category is the video's first XD label code (see `xd_category`).
+    The category is the video's first XD label code (see `xd_category`). A name written
+    with ``.mp4`` (the feature names have none) is read without it and noted. The file
+    states no frame counts: intervals past the video are clipped where the clip count is
+    known (`cupl.data.reference`, the importer's frame masks).
     """
     path = Path(path)
-    table: dict[str, VideoAnnotation] = {}
+    table = Annotations()
     for lineno, fields in _rows(path):
         name = video_name(fields[0])
+        if fields[0].endswith(".mp4"):
+            table.notes.append(f"{path}:{lineno}: {fields[0]} carries '.mp4', which the feature names lack; "
+                               f"read as {name}")
         intervals = _pairs(path, lineno, _ints(path, lineno, fields[1:]))
         if not intervals:
             raise AnnotationError(f"{path}:{lineno}: {name} has no abnormal interval")
@@ -193,17 +231,24 @@ def tad_category(name: str, cls: int) -> str:
     return match.group(1) if match else f"class{cls}"
 
 
-def parse_tad_labels(path, split: str) -> dict[str, VideoAnnotation]:
-    """A TAD label file in the UMIL layout.
+def parse_tad_labels(path, split: str) -> Annotations:
+    """A TAD label file in the UMIL layout (`parse_umil_labels` with TAD's class names)."""
+    return parse_umil_labels(path, split, tad_category)
+
+
+def parse_umil_labels(path, split: str, category=tad_category) -> Annotations:
+    """A label file in the UMIL layout; `category(name, class_code)` names the class.
 
     test:  ``path num_frames class start end [start end ...]``; normal videos (class 0)
-           carry the whole video as a dummy interval, which is ignored.
+           carry a dummy interval (TAD: ``0 num_frames``), read as no interval and noted.
+           Intervals ending past ``num_frames`` (TAD: at ``num_frames + 1``) are kept as
+           written and noted; the interval rule clips them (`clip_intervals`).
     train: ``path 0 num_frames class``.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     path = Path(path)
-    table: dict[str, VideoAnnotation] = {}
+    table = Annotations()
     for lineno, fields in _rows(path):
         name = video_name(fields[0])
         values = _ints(path, lineno, fields[1:])
@@ -217,10 +262,14 @@ def parse_tad_labels(path, split: str) -> dict[str, VideoAnnotation]:
                 raise AnnotationError(
                     f"{path}:{lineno}: expected 'path num_frames class start end', got {fields}")
             num_frames, cls = values[:2]
-            intervals = _pairs(path, lineno, values[2:]) if cls != 0 else ()
+            intervals = _pairs(path, lineno, values[2:])
+            if cls == 0 and intervals:
+                table.notes.append(f"{path}:{lineno}: {name} is normal (class 0) but carries the interval(s) "
+                                   f"{list(intervals)}; read as no interval")
+                intervals = ()
         if num_frames < 1 or cls < 0:
             raise AnnotationError(f"{path}:{lineno}: num_frames must be >= 1 and class >= 0, got {fields}")
-        _add(table, path, lineno, VideoAnnotation(name, tad_category(name, cls), intervals, num_frames))
+        _add(table, path, lineno, VideoAnnotation(name, category(name, cls), intervals, num_frames))
     if not table:
         raise AnnotationError(f"{path}: no labels")
     return table

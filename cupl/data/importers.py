@@ -14,7 +14,8 @@ them runs arbitrary code), wrong dtype or shape, empty or non-finite features, l
 break ``T = ceil(frames / 16)``, and list/annotation disagreements. The bank is then written
 atomically, so an interrupted import leaves no bank behind. Frame labels follow the interval
 rule of `cupl.data.annotations`; clipped intervals are listed in the bank's ``clipped`` attribute
-(JSON: video -> notes), videos whose RGB and audio differ by a clip in ``uneven_modalities``.
+(JSON: video -> notes), the annotation files' quirks the parsers noted in ``annotation_notes`` (JSON: file -> notes),
+videos whose RGB and audio differ by a clip in ``uneven_modalities``.
 """
 
 from __future__ import annotations
@@ -361,7 +362,8 @@ def import_ucf(train_list, test_list, annotations, out, *, feature_root=None, dt
     problems += _cross_check([s.name for s in sources if s.split == "test"], table, test_list, annotations)
     attrs = {"source": "ucf-crime", "feature_kind": "i3d-rtfm",
              "imported_from": [str(train_list), str(test_list), str(annotations)],
-             "num_frames_from": "test: annotation" if _has_counts(table) else "feature length (T*16)"}
+             "num_frames_from": "test: annotation" if _has_counts(table) else "feature length (T*16)",
+             "annotation_notes": {str(annotations): table.notes}}
     return import_sources(sources, {"rgb": RTFM}, out, attrs=attrs, problems=problems, dtype=dtype,
                           progress=progress, overwrite=overwrite)
 
@@ -445,7 +447,8 @@ def import_xd(train_list, test_list, annotations, out, *, audio_train_list=None,
     attrs = {"source": "xd-violence", "feature_kind": "i3d+vggish" if "audio" in layouts else "i3d",
              "imported_from": [str(p) for p in (train_list, test_list, annotations, audio_train_list,
                                                  audio_test_list) if p is not None],
-             "num_frames_from": "feature length (T*16)"}
+             "num_frames_from": "feature length (T*16)",
+             "annotation_notes": {str(annotations): table.notes}}
     return import_sources(sources, layouts, out, attrs=attrs, problems=problems, dtype=dtype,
                           progress=progress, overwrite=overwrite)
 
@@ -457,15 +460,17 @@ def import_tad(train_labels, test_labels, feature_root, out, *, pattern: str = "
     feature_root: folder of the feature files, named ``pattern.format(name=video)``.
     Frame counts come from the label files, so every clip count is checked.
     """
-    sources = []
+    sources, notes = [], {}
     for split, path in (("train", train_labels), ("test", test_labels)):
-        for ann in parse_tad_labels(path, split).values():
+        table = parse_tad_labels(path, split)
+        notes[str(path)] = table.notes
+        for ann in table.values():
             sources.append(VideoSource(
                 ann.name, split, ann.label, ann.category,
                 {"rgb": [Path(feature_root) / pattern.format(name=ann.name)]},
                 num_frames=ann.num_frames, intervals=ann.intervals))
     attrs = {"source": "tad", "feature_kind": "i3d-rtfm",
              "imported_from": [str(train_labels), str(test_labels), str(feature_root)],
-             "num_frames_from": "label files"}
+             "num_frames_from": "label files", "annotation_notes": notes}
     return import_sources(sources, {"rgb": RTFM}, out, attrs=attrs, dtype=dtype, progress=progress,
                           overwrite=overwrite)

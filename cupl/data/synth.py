@@ -1,12 +1,14 @@
-"""The embedded benchmark: synthetic clip features with UCF-Crime's structure and the paper's premises.
+"""The embedded benchmark: synthetic clip features on the real structure of the paper's benchmarks.
 
 Real I3D features cannot ship, so the book runs on features generated here. What is real
 and what is synthetic (book/data.md has the full account):
 
-- real (preset ``ucf``): the test videos' names, classes, frame counts and annotated
-  intervals; the training video names and class mix; the length distribution;
-- synthetic: every feature value, the length of each training video (drawn from the real
-  distribution) and its anomalous events (real training videos are unannotated).
+- real (presets ``ucf``, ``xd``, ``tad``: UCF-Crime, XD-Violence, TAD; `cupl.data.reference`):
+  every video's name, class and frame count, the test videos' annotated intervals, the
+  training class mix;
+- synthetic: every feature value, the anomalous events of training videos (real training
+  videos are unannotated) and, for ``xd`` whose files do not publish them, the training
+  lengths (drawn from the real test lengths of the same label).
 
 A video is a trajectory in a small latent space, lifted to D channels by one fixed random
 nonlinear map (softplus of a random linear lift, per-channel gains) so that features are
@@ -20,10 +22,11 @@ Clips have 16 frames and T = ceil(num_frames / 16), as for the RTFM I3D features
 Every parameter lives in `Premises` and is documented with its reason in book/data.md;
 all were fixed from the premises before any experiment was run.
 
-Determinism: each video draws from its own PCG64 stream seeded by (seed, preset, split,
-index), so the same preset, profile and seed give byte-identical arrays in any streaming
-order (on the same numpy/BLAS build), and the first k videos of a `max_videos=k` run are
-those of the complete bank.
+Determinism: each video draws from its own PCG64 streams seeded by (seed, preset, split,
+position in the real list), so the same preset, profile and seed give byte-identical
+arrays in any streaming order (on the same numpy/BLAS build), the first k videos of a
+`max_videos=k` run are those of the complete bank, and a video kept by `quick` has the
+events it has at `full` (same frame_scale).
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ from typing import Iterator
 
 import numpy as np
 
-GENERATOR_VERSION = "1"
+from cupl.data.reference import RealVideo, Reference, load_reference
+
+GENERATOR_VERSION = "2"
 FRAMES_PER_CLIP = 16
-FPS = 30.0
 SPLITS = ("train", "test")
 
 
@@ -47,66 +51,51 @@ class SynthProfile:
 
     feature_dim: D of the rgb features.
     crops:       crops per clip (a preset may override it).
-    num_train / num_test: videos per split before the preset's `video_fraction`; None takes
-                 the whole real list (1,610 / 290). Subsets are evenly spaced along the real
-                 lists, which keeps their class mix.
+    train_every, test_every: keep a 1/k systematic sample of the real training / test list
+                 (1: the whole list), which keeps each list's class mix and length
+                 distribution.
     frame_scale: real frames per synthetic frame. Time is subsampled by this factor (a test
                  video keeps every frame_scale-th real frame and its label), so videos, events
-                 and intervals shrink together and keep their proportions.
+                 and intervals shrink together and keep their proportions. 1 keeps the real
+                 16-frame clips of real length, the paper's time regime.
     """
 
     name: str
     feature_dim: int
     crops: int
-    num_train: int | None
-    num_test: int | None
+    train_every: int
+    test_every: int
     frame_scale: int
 
 
+# `quick` keeps real time (frame_scale 1) and pays for the real lengths with D, crops and
+# videos: training costs in proportion to training clips, so 1 in 15 training videos;
+# test videos are only scored, so half the test list. `smoke` (tests and CI) subsamples time.
 PROFILES = {
-    "smoke": SynthProfile("smoke", feature_dim=64, crops=2, num_train=40, num_test=30, frame_scale=16),
-    "quick": SynthProfile("quick", feature_dim=256, crops=2, num_train=240, num_test=None, frame_scale=8),
-    "full": SynthProfile("full", feature_dim=2048, crops=10, num_train=None, num_test=None, frame_scale=1),
+    "smoke": SynthProfile("smoke", feature_dim=64, crops=2, train_every=40, test_every=10, frame_scale=16),
+    "quick": SynthProfile("quick", feature_dim=64, crops=1, train_every=15, test_every=2, frame_scale=1),
+    "full": SynthProfile("full", feature_dim=2048, crops=10, train_every=1, test_every=1, frame_scale=1),
 }
 
 
 @dataclass(frozen=True)
 class SynthPreset:
-    """What a benchmark looks like beyond its size.
+    """What a benchmark looks like beyond its real structure (`cupl.data.reference`).
 
-    categories:  anomaly classes; each has its own event direction.
-    crops:       overrides the profile's crop count (XD-Violence features have 5 crops).
-    audio_dim:   dimension of a correlated audio stream [T, 1, audio_dim]; 0 = none.
-    event_length_scale: multiplies the drawn anomalous fraction of an abnormal video.
-    video_fraction: share of the profile's video counts.
-    real_test:   test videos carry the real UCF-Crime names, classes and intervals; otherwise
-                 they take the real test lengths and get drawn events and synthetic names.
+    crops:     overrides the profile's crop count (XD-Violence features have 5 crops).
+    audio_dim: dimension of a correlated audio stream [T, 1, audio_dim]; 0 = none.
     """
 
     name: str
-    categories: tuple[str, ...]
     crops: int | None = None
     audio_dim: int = 0
-    event_length_scale: float = 1.0
-    video_fraction: float = 1.0
-    real_test: bool = False
 
 
-def _presets() -> dict[str, SynthPreset]:
-    from cupl.data.annotations import XD_CLASSES
-    from cupl.data.ucf import UCF_CLASSES
-
-    xd = tuple(c for c in XD_CLASSES.values() if c != "Normal")
-    tad = ("VehicleAccident", "IllegalTurn", "IllegalOccupation", "Retrograde",
-           "PedestrianOnRoad", "RoadSpill", "Else")
-    return {
-        "ucf": SynthPreset("ucf", UCF_CLASSES, real_test=True),
-        "xd": SynthPreset("xd", xd, crops=5, audio_dim=128),
-        "tad": SynthPreset("tad", tad, event_length_scale=2.5, video_fraction=0.5),
-    }
-
-
-PRESETS = _presets()
+PRESETS = {
+    "ucf": SynthPreset("ucf"),
+    "xd": SynthPreset("xd", crops=5, audio_dim=128),
+    "tad": SynthPreset("tad"),
+}
 PRESET_CODES = {name: code for code, name in enumerate(PRESETS)}
 
 
@@ -153,6 +142,7 @@ PREMISES = Premises()
 class VideoPlan:
     """The structure of one synthetic video, before any feature is drawn.
 
+    index:      position of the video in its real list (it seeds the video's streams).
     num_frames: frames of the synthetic video (real frames / frame_scale, rounded up).
     events:     anomalous intervals (start, end) in its frames, 0-based, end exclusive.
     """
@@ -190,54 +180,34 @@ def _check_seed(seed) -> int:
 
 @dataclass(frozen=True)
 class _Real:
-    """What the generator borrows from the real UCF-Crime files."""
+    """What the generator borrows from a benchmark's real files (`cupl.data.reference`)."""
 
-    train: list[tuple[str, int, str]]            # (name, label, category)
-    test: list[dict]                             # load_ucf_test_annotations()
-    lengths: dict[int, np.ndarray]               # label -> real test frame counts
-    anomalous_fractions: np.ndarray              # per abnormal test video
-
-
-def _real() -> _Real:
-    from cupl.data.annotations import frame_mask
-    from cupl.data.ucf import category_of, load_ucf_test_annotations, load_ucf_train_names
-
-    test = load_ucf_test_annotations()
-    train = [(n, int(category_of(n) != "Normal"), category_of(n)) for n in load_ucf_train_names()]
-    labels = np.array([int(r["category"] != "Normal") for r in test])
-    frames = np.array([r["num_frames"] for r in test])
-    fractions = [frame_mask(r["intervals"], r["num_frames"], r["name"])[0].mean()
-                 for r in test if r["category"] != "Normal"]
-    return _Real(train, test, {0: frames[labels == 0], 1: frames[labels == 1]}, np.array(fractions))
+    reference: Reference
+    test_lengths: dict[int, np.ndarray]   # label -> real test frame counts
+    anomalous_fractions: np.ndarray       # per abnormal test video: share of its frames annotated
 
 
-def _evenly_spaced(items: list, n: int) -> list:
-    n = min(n, len(items))
-    return [items[i] for i in (np.arange(n) * len(items)) // n]
+def _real(preset: str) -> _Real:
+    reference = load_reference(preset)
+    labels = np.array([v.label for v in reference.test])
+    frames = np.array([v.num_frames for v in reference.test])
+    fractions = np.array([sum(e - s for s, e in v.intervals) / v.num_frames
+                          for v in reference.test if v.label and v.intervals])
+    return _Real(reference, {0: frames[labels == 0], 1: frames[labels == 1]}, fractions)
 
 
-def _templates(split: str, preset: SynthPreset, profile: SynthProfile, real: _Real) -> list[dict]:
-    """Per video of the split: name, label, category and, for test videos, the real frame
-    count (and, with `real_test`, the real intervals)."""
-    rows = real.train if split == "train" else real.test
-    wanted = profile.num_train if split == "train" else profile.num_test
-    count = max(1, round((len(rows) if wanted is None else wanted) * preset.video_fraction))
-    out, abnormal = [], 0
-    for k, row in enumerate(_evenly_spaced(rows, count)):
-        if split == "train":
-            name, label, category = row
-            t = dict(name=name, label=label, category=category, num_frames=None, intervals=None)
-        else:
-            t = dict(name=row["name"], label=int(row["category"] != "Normal"), category=row["category"],
-                     num_frames=row["num_frames"], intervals=row["intervals"])
-        if not preset.real_test:
-            t["intervals"] = None
-            if t["label"]:
-                t["category"] = preset.categories[abnormal % len(preset.categories)]
-                abnormal += 1
-            t["name"] = f"{preset.name}_{split}_{k:04d}_{t['category']}"
-        out.append(t)
-    return out
+def _every(videos: tuple, k: int) -> list[int]:
+    """A 1/k systematic sample of a real list, as positions in the list's order: every k-th
+    video (from the (k // 2)-th) of the list ordered by class and then length, so the sample
+    keeps each class's share and, within a class, the length distribution."""
+    order = sorted(range(len(videos)), key=lambda i: (videos[i].category, videos[i].num_frames or 0, i))
+    return sorted(order[k // 2::k])
+
+
+def _selection(split: str, profile: SynthProfile, real: _Real) -> list[tuple[int, RealVideo]]:
+    """(position in the real list, video) of the split's videos kept by the profile."""
+    videos = real.reference.train if split == "train" else real.reference.test
+    return [(i, videos[i]) for i in _every(videos, profile.train_every if split == "train" else profile.test_every)]
 
 
 def _streams(seed: int, preset: SynthPreset, split: str, index: int):
@@ -249,31 +219,41 @@ def _streams(seed: int, preset: SynthPreset, split: str, index: int):
 def video_plan(preset="ucf", profile="quick", seed=0, *, max_videos=None) -> Iterator[VideoPlan]:
     """The structure of every video of a synthetic bank, train then test, without features.
 
+    Videos are the preset's real ones (`cupl.data.reference`), every `train_every`-th /
+    `test_every`-th of the real lists: real names, classes, frame counts and test intervals
+    (clipped to the video). Drawn: the anomalous events of training videos (real training
+    videos are unannotated) and, where a dataset does not publish them (XD-Violence), the
+    training lengths.
     max_videos: keep only the first max_videos of each split (a small check of `full`).
     """
     preset_, profile_ = resolve(preset, profile)
     seed = _check_seed(seed)
-    real = _real()
+    real = _real(preset)
     for split in SPLITS:
-        for index, t in enumerate(_templates(split, preset_, profile_, real)[:max_videos]):
+        for index, video in _selection(split, profile_, real)[:max_videos]:
             rng = _streams(seed, preset_, split, index)[0]
-            yield _plan_video(split, index, t, preset_, profile_, real, rng)
+            yield _plan_video(split, index, video, profile_.frame_scale, real, rng)
 
 
-def _plan_video(split, index, t, preset, profile, real: _Real, rng) -> VideoPlan:
-    scale = profile.frame_scale
-    if t["num_frames"] is None:
-        real_frames = rng.choice(real.lengths[t["label"]]) * math.exp(rng.uniform(*np.log(PREMISES.length_jitter)))
-        num_frames = -(-max(1, round(real_frames)) // scale)
-    else:
-        num_frames = -(-t["num_frames"] // scale)
-    if not t["label"]:
+def _plan_video(split: str, index: int, video: RealVideo, scale: int, real: _Real, rng) -> VideoPlan:
+    real_frames = video.num_frames
+    if real_frames is None:
+        real_frames = _draw_length(rng, real.test_lengths[video.label])
+    num_frames = -(-real_frames // scale)
+    if not video.label:
         events = ()
-    elif t["intervals"] is not None:
-        events = _subsampled(t["intervals"], t["num_frames"], scale)
+    elif split == "test":
+        events = _subsampled(video.intervals, real_frames, scale)
     else:
-        events = _draw_events(rng, num_frames, real.anomalous_fractions, preset.event_length_scale)
-    return VideoPlan(split, index, t["name"], t["label"], t["category"], num_frames, events)
+        events = _draw_events(rng, num_frames, real.anomalous_fractions)
+    return VideoPlan(split, index, video.name, video.label, video.category, num_frames, events)
+
+
+def _draw_length(rng, lengths: np.ndarray) -> int:
+    """An unpublished training length: a real test length of the same label, times a
+    log-uniform jitter (`Premises.length_jitter`), so lengths follow the real distribution
+    without copying it."""
+    return max(1, round(rng.choice(lengths) * math.exp(rng.uniform(*np.log(PREMISES.length_jitter)))))
 
 
 def _subsampled(intervals, real_frames: int, scale: int) -> tuple[tuple[int, int], ...]:
@@ -287,17 +267,43 @@ def _subsampled(intervals, real_frames: int, scale: int) -> tuple[tuple[int, int
     return tuple(out)
 
 
-def _draw_events(rng, num_frames: int, fractions: np.ndarray, length_scale: float):
+def _draw_events(rng, num_frames: int, fractions: np.ndarray):
     """1-3 non-overlapping events covering a real-like anomalous fraction of the video,
     split unevenly (Dirichlet(1) shares), placed uniformly at random."""
     count = 1 + rng.choice(3, p=PREMISES.events_per_video_p)
-    fraction = min(rng.choice(fractions) * length_scale, PREMISES.max_anomalous_fraction)
+    fraction = min(rng.choice(fractions), PREMISES.max_anomalous_fraction)
     budget = max(1, int(fraction * num_frames))
     count = min(count, budget)
     lengths = 1 + rng.multinomial(budget - count, rng.dirichlet(np.ones(count)))
     cuts = np.sort(rng.integers(0, num_frames - budget + 1, size=count))
     starts = cuts + np.concatenate([[0], np.cumsum(lengths)[:-1]])
     return tuple((int(s), int(s + n)) for s, n in zip(starts, lengths))
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Where a bank stands against segment pooling (S segments per video, Sec. 3.1).
+
+    short_share:        share of the videos with fewer than S clips (pooling repeats clips
+                        instead of averaging them).
+    median_event_clips: median span of the training videos' anomalous events, in clips.
+    """
+
+    videos: int
+    short_share: float
+    events: int
+    median_event_clips: float
+
+
+def regime_stats(plans, num_segments: int = 32) -> Regime:
+    """The `Regime` of an iterable of `VideoPlan`: every video counts for `short_share`, the
+    events of training videos for `median_event_clips` ((end - start) / 16 per event)."""
+    plans = list(plans)
+    if not plans:
+        raise ValueError("regime_stats: no videos")
+    short = sum(p.num_clips < num_segments for p in plans)
+    spans = [(e - s) / FRAMES_PER_CLIP for p in plans if p.split == "train" for s, e in p.events]
+    return Regime(len(plans), short / len(plans), len(spans), float(np.median(spans)) if spans else math.nan)
 
 
 # --------------------------------------------------------------------------- features
@@ -307,6 +313,7 @@ def _draw_events(rng, num_frames: int, fractions: np.ndarray, length_scale: floa
 class _World:
     """The fixed random quantities shared by all videos of a bank."""
 
+    categories: tuple[str, ...]  # the anomaly classes, indexing event_dirs
     lift: np.ndarray          # [L, D]
     threshold: np.ndarray     # [D]
     gain: np.ndarray          # [D]
@@ -325,7 +332,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _world(preset: SynthPreset, profile: SynthProfile, seed: int) -> _World:
     p = PREMISES
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, PRESET_CODES[preset.name]])))
-    latent, dim, classes = p.latent_dim, profile.feature_dim, len(preset.categories)
+    categories = load_reference(preset.name).categories
+    latent, dim, classes = p.latent_dim, profile.feature_dim, len(categories)
     lift = rng.normal(0.0, 1.0 / math.sqrt(latent), (latent, dim)).astype(np.float32)
     threshold = rng.normal(p.threshold_mean, p.threshold_std, dim).astype(np.float32)
     gain = np.exp(rng.normal(0.0, p.channel_gain_log_std, dim)).astype(np.float32)
@@ -333,12 +341,12 @@ def _world(preset: SynthPreset, profile: SynthProfile, seed: int) -> _World:
     w = p.shared_anomaly_weight
     event_dirs = _unit(w * shared + math.sqrt(1 - w * w) * _unit(rng.normal(size=(classes, latent))))
     hard_dir = _unit(w * shared + math.sqrt(1 - w * w) * _unit(rng.normal(size=latent)))
-    world = _World(lift, threshold, gain, event_dirs, hard_dir)
+    world = _World(categories, lift, threshold, gain, event_dirs, hard_dir)
     if not preset.audio_dim:
         return world
     la = p.audio_latent_dim
     coupling = np.linalg.qr(rng.normal(size=(latent, la)))[0]
-    return _World(lift, threshold, gain, event_dirs, hard_dir,
+    return _World(categories, lift, threshold, gain, event_dirs, hard_dir,
                   audio_coupling=coupling,
                   audio_dirs=_unit(rng.normal(size=(classes, la))),
                   audio_gain=rng.uniform(*p.audio_event_gain, classes),
@@ -373,13 +381,14 @@ def _oracle(events, num_frames: int, num_clips: int) -> np.ndarray:
     return _clip_means(inside[None].astype(np.float64), num_frames)[0].astype(np.float32)
 
 
-def _moments(rng, plan: VideoPlan, scale: int):
-    """Anomalous events and hard-normal moments: intervals [n, 2], amplitudes, ramps."""
+def _moments(rng, plan: VideoPlan, frame_s: float):
+    """Anomalous events and hard-normal moments: intervals [n, 2], amplitudes, ramps.
+    frame_s: real seconds per frame of the plan."""
     p = PREMISES
     events = np.array(plan.events, dtype=np.float64).reshape(-1, 2)
-    minutes = plan.num_frames * scale / FPS / 60.0
+    minutes = plan.num_frames * frame_s / 60.0
     count = rng.poisson(p.hard_normal_per_minute * minutes)
-    length = np.maximum(1.0, np.exp(rng.uniform(*np.log(p.hard_normal_s), count)) * FPS / scale)
+    length = np.maximum(1.0, np.exp(rng.uniform(*np.log(p.hard_normal_s), count)) / frame_s)
     start = rng.uniform(0.0, 1.0, count) * np.maximum(plan.num_frames - length, 0.0)
     hard = np.stack([start, start + length], axis=1)
     amp_e = p.event_amplitude_median * np.exp(p.event_amplitude_log_std * rng.standard_normal(len(events)))
@@ -390,18 +399,19 @@ def _moments(rng, plan: VideoPlan, scale: int):
     return env[:len(events)], amp_e, env[len(events):], amp_h
 
 
-def _latent(rng, plan: VideoPlan, scale: int, world: _World, class_index: int):
-    """z [T, L] of one video and its event term (for the audio stream)."""
+def _latent(rng, plan: VideoPlan, frame_s: float, world: _World, class_index: int):
+    """z [T, L] of one video and its event term (for the audio stream); frame_s: real
+    seconds per frame of the plan."""
     p = PREMISES
     T, L, K = plan.num_clips, p.latent_dim, p.drift_components
-    seconds = (np.arange(T) * FRAMES_PER_CLIP + FRAMES_PER_CLIP / 2) * scale / FPS
+    seconds = (np.arange(T) * FRAMES_PER_CLIP + FRAMES_PER_CLIP / 2) * frame_s
     periods = np.exp(rng.uniform(*np.log(p.drift_period_s), K))
     phases = rng.uniform(0.0, 2 * np.pi, K)
     drift = np.cos(2 * np.pi * seconds[:, None] / periods + phases) @ rng.normal(
         0.0, p.drift_std * math.sqrt(2.0 / K), (K, L))
     scene = rng.normal(0.0, p.scene_std, L)
     noise = rng.normal(0.0, p.clip_noise_std, (T, L))
-    env_e, amp_e, env_h, amp_h = _moments(rng, plan, scale)
+    env_e, amp_e, env_h, amp_h = _moments(rng, plan, frame_s)
     event_strength = env_e.T @ amp_e                      # [T]
     z = (scene + drift + noise + event_strength[:, None] * world.event_dirs[class_index]
          + (env_h.T @ amp_h)[:, None] * world.hard_dir)
@@ -447,8 +457,9 @@ def _synthesise(plan: VideoPlan, rng, preset: SynthPreset, profile: SynthProfile
     from cupl.data.annotations import frame_mask
     from cupl.data.bank import VideoData
 
-    class_index = preset.categories.index(plan.category) if plan.label else 0
-    z, event_strength = _latent(rng, plan, profile.frame_scale, world, class_index)
+    class_index = world.categories.index(plan.category) if plan.label else 0
+    frame_s = profile.frame_scale / load_reference(preset.name).fps
+    z, event_strength = _latent(rng, plan, frame_s, world, class_index)
     features = {"rgb": _rgb(rng, z, preset.crops or profile.crops, world)}
     if preset.audio_dim:
         features["audio"] = _audio(rng, z, event_strength, world, class_index)
@@ -499,8 +510,8 @@ def write_synthetic(path, preset="ucf", profile="quick", seed=0, progress=True, 
     from cupl.data.bank import write_bank
 
     preset_, profile_ = resolve(preset, profile)
-    real = _real()
-    total = sum(len(_templates(s, preset_, profile_, real)[:max_videos]) for s in SPLITS)
+    real = _real(preset)
+    total = sum(len(_selection(s, profile_, real)[:max_videos]) for s in SPLITS)
     return write_bank(path, generate(preset, profile, seed, max_videos=max_videos),
                       attrs=bank_attrs(preset, profile, seed), dtype=dtype,
                       progress=progress, total=total, overwrite=overwrite)

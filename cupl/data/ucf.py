@@ -1,6 +1,6 @@
 """The real UCF-Crime structure the embedded benchmark is built on (Sec. 4.1, Sultani et al.).
 
-Reads the packaged reference files (`resources/`, see its PROVENANCE.md): the 290 test
+Reads the packaged reference files (`resources/ucf-crime/`, see `resources/PROVENANCE.md`): the 290 test
 videos with their classes, frame counts and annotated intervals, and the 1,610 training
 video names. Intervals follow the rule of `cupl.data.annotations`: 0-based frames, end
 exclusive, as written in the file (clipping to the video happens in `frame_mask`).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cupl.data.annotations import parse_ucf_annotations, read_list
 
-RESOURCES = Path(__file__).with_name("resources")
+RESOURCES = Path(__file__).with_name("resources") / "ucf-crime"
 
 # The 13 anomaly classes of UCF-Crime, in the order of the feature lists.
 UCF_CLASSES = (

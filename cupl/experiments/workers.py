@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 
 import torch
@@ -132,7 +133,17 @@ def _main_hidden():
 
 _WORKER: dict = {}
 
+def quiet_interrupt() -> None:
+    """Make SIGINT end this worker process at once and silently. A Jupyter kernel interrupts
+    its whole process group when it shuts down, and Ctrl-C reaches every process of the
+    terminal's group: the calling process reports the interrupt, once; each worker would
+    otherwise print a KeyboardInterrupt traceback. Its cache writes are atomic, so an
+    interrupted one leaves nothing that looks finished."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
+
+
 def _worker_start(path: str, modality: str, cache: str, threads: int) -> None:
+    quiet_interrupt()
     torch.set_num_threads(threads)
     _WORKER["data"] = load_data(path, modality=modality, cache=cache)
 

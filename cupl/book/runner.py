@@ -25,7 +25,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -165,6 +167,11 @@ def _kernel_manager_class():
         @default("transport")
         def _transport_default(self):
             return "ipc"
+
+        # an absolute, short socket path (a Unix socket's path holds at most 107 bytes)
+        @default("ip")
+        def _ip_default(self):
+            return os.path.join(tempfile.gettempdir(), f"cupl-kernel-{uuid.uuid4().hex[:12]}")
 
     return ThisInterpreterKernelManager
 

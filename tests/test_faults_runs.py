@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fractions
+import functools
 import json
 import math
 import multiprocessing
@@ -173,7 +174,7 @@ def test_truncated_cached_bank_is_detected_and_written_again(fake_synth, bank, t
 # ---------------------------------------------------------------- 2. read-only cache folder
 
 
-def read_only(monkeypatch, real=cache_module.atomic_write):
+def read_only(monkeypatch):
     def refuse(path, write, **kw):
         raise OSError(errno.EROFS, "Read-only file system")
 
@@ -374,7 +375,10 @@ def test_pool_workers_end_quietly_on_interrupt(capfd):
     """A kernel interrupts its process group when it shuts down: without `quiet_interrupt`
     each idle worker prints a KeyboardInterrupt traceback, with it none."""
     context = multiprocessing.get_context("spawn")
-    for initializer, noisy in ((None, True), (workers_module.quiet_interrupt, False)):
+    # Python's own handler, as in a worker started from a shell or a kernel (a process that
+    # itself ignores SIGINT would hand SIG_IGN down to its children)
+    default = functools.partial(signal.signal, signal.SIGINT, signal.default_int_handler)
+    for initializer, noisy in ((default, True), (workers_module.quiet_interrupt, False)):
         capfd.readouterr()
         pool = ProcessPoolExecutor(1, mp_context=context, initializer=initializer)
         pid = pool.submit(os.getpid).result()

@@ -194,6 +194,16 @@ def test_read_only_cache_computes_warns_once_naming_the_folder_and_returns(clean
     pd.testing.assert_frame_equal(history, clean_history)
 
 
+def test_read_only_cache_starts_no_worker_whose_results_would_be_lost(bank, tmp_path, monkeypatch):
+    read_only(monkeypatch)
+    cache = tmp_path / "readonly"
+    configs = [make_config("ucf", "smoke", seed=seed, **TINY) for seed in (0, 1)]
+    data = ex.load_data(bank, cache=cache)
+    with pytest.warns(cache_module.CacheWarning, match=str(cache)):
+        assert ex.prefetch(data, configs, workers=2) == 0
+    assert data.pool is None
+
+
 def test_read_only_cache_puts_the_bank_in_the_temporary_folder(fake_synth, tmp_path, monkeypatch):
     import cupl.data.synth as synth
 

@@ -60,6 +60,15 @@ def write_entry(path: Path, payload: bytes) -> Path | None:
         return None
 
 
+def cache_writable(folder: Path) -> bool:
+    """Whether entries can be written to `folder`, tried with an empty one (warned once when not)."""
+    probe = write_entry(folder / f".probe-{os.getpid()}", b"")
+    if probe is None:
+        return False
+    probe.unlink(missing_ok=True)
+    return True
+
+
 def read_entry(path: Path) -> bytes | None:
     """The payload of the entry at `path`: None when there is none, or when its content does
     not match its digest (then the entry is named in a warning and removed)."""

@@ -6,18 +6,16 @@ from __future__ import annotations
 import argparse
 import errno
 import fractions
-import functools
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,12 +30,13 @@ from cupl.cli import main as cli_main
 from cupl.config import RANGES, ConfigError, check_value, field_types, from_dict, make_config, to_dict
 from cupl.data.bank import FeatureBank
 from cupl.experiments import cache as cache_module
-from cupl.experiments import workers as workers_module
 from cupl.experiments.checkpoint import CheckpointError, evaluate_checkpoint, load_checkpoint, save_checkpoint
 from cupl.experiments.train import run
 from cupl.method.models import ClipClassifier
 from test_experiments import TINY, toy_bank
 from toy import toy_split
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -381,27 +380,30 @@ def test_changed_inputs_remove_the_book_before_any_notebook_runs(tiny_book, monk
 # ---------------------------------------------------------------- 5. quiet runs
 
 
-def test_pool_workers_end_quietly_on_interrupt(capfd):
-    """A kernel interrupts its process group when it shuts down: without `quiet_interrupt`
-    each idle worker prints a KeyboardInterrupt traceback, with it none."""
-    context = multiprocessing.get_context("spawn")
-    # Python's own handler, as in a worker started from a shell or a kernel (a process that
-    # itself ignores SIGINT would hand SIG_IGN down to its children)
-    default = functools.partial(signal.signal, signal.SIGINT, signal.default_int_handler)
-    for initializer, noisy in ((default, True), (workers_module.quiet_interrupt, False)):
-        capfd.readouterr()
-        pool = ProcessPoolExecutor(1, mp_context=context, initializer=initializer)
-        pid = pool.submit(os.getpid).result()
-        os.kill(pid, signal.SIGINT)
-        for _ in range(200):
-            time.sleep(0.05)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-        pool.shutdown(wait=True)
-        err = capfd.readouterr().err
-        assert ("KeyboardInterrupt" in err) is noisy, err
+WORKER = """
+import signal, sys, time
+{setup}
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("setup,noisy", [
+    ("signal.signal(signal.SIGINT, signal.default_int_handler)", True),  # Python's own handler
+    ("from cupl.experiments.workers import quiet_interrupt; quiet_interrupt()", False),  # a pool worker's
+])
+def test_pool_workers_end_quietly_on_interrupt(setup, noisy):
+    """A kernel interrupts its whole process group when it shuts down: a process with Python's
+    own handler prints a KeyboardInterrupt traceback, a worker of `prefetch` ends silently."""
+    child = subprocess.Popen([sys.executable, "-c", WORKER.format(setup=setup)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode != 0, "the interrupt ends the process"
+    assert ("KeyboardInterrupt" in err) is noisy, err
+    if not noisy:
+        assert err == ""
 
 
 def test_a_chain_prints_nothing_that_looks_like_an_error(tiny_book, capfd):

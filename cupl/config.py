@@ -9,6 +9,11 @@ round-trip exactly, so a checkpoint or an executed notebook records the whole co
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 
 
@@ -79,32 +84,10 @@ class RunConfig:
     seed: int = 0
 
     def validate(self) -> "RunConfig":
-        checks = [
-            (self.generator.num_heads >= 1, "generator.num_heads must be >= 1"),
-            (0 <= self.generator.dropout < 1, "generator.dropout must be in [0, 1)"),
-            (0 <= self.clip.dropout < 1, "clip.dropout must be in [0, 1)"),
-            (0 < self.self_train.ratio <= 1, "self_train.ratio (R) must be in (0, 1]"),
-            (self.self_train.iterations >= 1, "self_train.iterations (j) must be >= 1"),
-            (self.self_train.window >= 1, "self_train.window (w) must be >= 1"),
-            (self.self_train.selection in ("uncertainty", "random", "all"),
-             "self_train.selection must be 'uncertainty', 'random' or 'all'"),
-            (self.self_train.normal_labels in ("zero", "pseudo"), "self_train.normal_labels must be 'zero' or 'pseudo'"),
-            (self.crops in ("each", "mean"), "crops must be 'each' or 'mean'"),
-            (self.generator.head_scores in ("sigmoid", "logits"), "generator.head_scores must be 'sigmoid' or 'logits'"),
-            (self.generator.mc_passes >= 1 and self.clip.mc_passes >= 1, "mc_passes must be >= 1"),
-            (self.generator.steps >= 1 and self.clip.epochs >= 1, "generator.steps and clip.epochs must be >= 1"),
-            (self.clip.loss in ("bce", "weighted"), "clip.loss must be 'bce' or 'weighted'"),
-            (len(self.clip.class_weights) == 2 and all(w > 0 for w in self.clip.class_weights),
-             "clip.class_weights must be two positive weights (abnormal, normal)"),
-            (0 <= self.clip.label_smoothing < 0.5, "clip.label_smoothing must be in [0, 0.5)"),
-            (self.clip.batches in ("shuffled", "balanced"), "clip.batches must be 'shuffled' or 'balanced'"),
-            (self.clip.budget in ("epochs", "steps"), "clip.budget must be 'epochs' or 'steps'"),
-            (self.clip.steps >= 1, "clip.steps must be >= 1"),
-            (self.self_train.refine in ("none", "smooth_minmax"), "self_train.refine must be 'none' or 'smooth_minmax'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message} (config: {self.dataset})")
+        """Check every value against its field's type and range (`check_value`); raises
+        ConfigError naming the first wrong key."""
+        for key, value in _flatten(to_dict(self)).items():
+            check_value(key, value)
         return self
 
 
@@ -183,19 +166,181 @@ def to_dict(config: RunConfig) -> dict:
 
 
 def from_dict(data: dict) -> RunConfig:
-    """Rebuild a RunConfig; unknown keys raise KeyError naming them."""
+    """Rebuild a RunConfig; unknown keys raise KeyError naming them, values of the wrong type
+    or out of range ConfigError naming them (`check_value`)."""
     merged = _merge(to_dict(RunConfig()), data)
-    sections = {
-        "generator": GeneratorConfig, "clip": ClipConfig, "self_train": SelfTrainConfig,
-    }
-    kwargs = {}
-    for key, value in merged.items():
-        if key in sections:
-            value = {k: tuple(v) if k in ("hidden", "class_weights") else v for k, v in value.items()}
-            kwargs[key] = sections[key](**value)
+    checked = _nest({key: check_value(key, value) for key, value in _flatten(merged).items()})
+    return _build(RunConfig, checked)
+
+
+def _build(cls, values: dict):
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _build(hints[k], v) if dataclasses.is_dataclass(hints[k]) else v for k, v in values.items()})
+
+
+def _flatten(nested: dict, prefix: str = "") -> dict:
+    """{"generator": {"alpha": 1}} -> {"generator.alpha": 1}."""
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
         else:
-            kwargs[key] = value
-    return RunConfig(**kwargs).validate()
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# ---------------------------------------------------------------------------------------
+# Types and ranges: one table of rules for every way a value comes in (make_config,
+# from_dict, `cupl train --set`, `cupl book -p`, `cupl evaluate --window`).
+
+
+class ConfigError(ValueError):
+    """A configuration value of the wrong type or out of range; the message names the key."""
+
+
+# Closed "[" or open "(" bounds of the numeric fields (every element, for tuples); a field
+# not listed takes any value of its type.
+RANGES: dict[str, str] = {
+    "generator.num_heads": "[1, inf)",
+    "generator.hidden": "[1, inf)",
+    "generator.dropout": "[0, 1)",
+    "generator.alpha": "[0, inf)",
+    "generator.num_segments": "[1, inf)",
+    "generator.lr": "(0, inf)",
+    "generator.steps": "[1, inf)",
+    "generator.batch_size": "[1, inf)",
+    "generator.mc_passes": "[1, inf)",
+    "clip.hidden": "[1, inf)",
+    "clip.dropout": "[0, 1)",
+    "clip.lr": "(0, inf)",
+    "clip.weight_decay": "[0, inf)",
+    "clip.epochs": "[1, inf)",
+    "clip.batch_size": "[1, inf)",
+    "clip.mc_passes": "[1, inf)",
+    "clip.class_weights": "(0, inf)",
+    "clip.label_smoothing": "[0, 0.5)",
+    "clip.steps": "[1, inf)",
+    "self_train.iterations": "[1, inf)",
+    "self_train.ratio": "(0, 1]",
+    "self_train.window": "[1, inf)",
+    "eval_batch_size": "[1, inf)",
+    "seed": "[0, inf)",
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": tuple(PRESETS),
+    "generator.head_scores": ("sigmoid", "logits"),
+    "self_train.selection": ("uncertainty", "random", "all"),
+    "self_train.normal_labels": ("zero", "pseudo"),
+    "crops": ("each", "mean"),
+    "modality": ("rgb", "audio", "rgb+audio"),
+    "clip.loss": ("bce", "weighted"),
+    "clip.batches": ("shuffled", "balanced"),
+    "clip.budget": ("epochs", "steps"),
+    "self_train.refine": ("none", "smooth_minmax"),
+}
+
+
+@functools.cache
+def field_types(cls=RunConfig, prefix: str = "") -> dict[str, object]:
+    """Every leaf key of the configuration ('generator.alpha') and its annotated type."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            out.update(field_types(kind, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = kind
+    return out
+
+
+def check_value(key: str, value, name: str | None = None):
+    """`value` as the type of config key `key` (from the dataclass annotation: bool, int, float,
+    str, tuple), checked against RANGES and CHOICES.
+
+    name: what the message calls the value (default: the key), e.g. "--window".
+    Raises KeyError for an unknown key, ConfigError naming `name` for a wrong value.
+    """
+    types_ = field_types()
+    if key not in types_:
+        raise KeyError(f"unknown config key {key!r}; known: {sorted(types_)}")
+    name = name or key
+    value = typed(name, types_[key], value)
+    if key in RANGES:
+        for item in value if isinstance(value, tuple) else (value,):
+            in_range(name, item, RANGES[key])
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, CHOICES[key]))}, got {value!r}")
+    if key == "device":
+        _check_device(name, value)
+    return value
+
+
+def typed(name: str, kind, value):
+    """`value` as `kind` (bool, int, float, str, tuple[...], or a union with None); a whole
+    float is taken as an int, an int as a float; bools are never numbers. ConfigError naming
+    `name` otherwise."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return typed(name, option, value)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError("; ".join(errors))
+    if origin is tuple:
+        parts = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a tuple of {len(parts)} values, got {value!r}")
+        if parts and parts[-1] is not Ellipsis and len(value) != len(parts):
+            raise ConfigError(f"{name} must hold {len(parts)} values, got {len(value)}: {value!r}")
+        item_kinds = [parts[0]] * len(value) if parts and parts[-1] is Ellipsis else parts or [object] * len(value)
+        return tuple(typed(f"{name}[{i}]", k, v) for i, (k, v) in enumerate(zip(item_kinds, value)))
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is bool:
+        if type(value).__name__ in ("bool", "bool_"):
+            return bool(value)
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    if kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if is_number and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if kind is float:
+        if is_number and math.isfinite(value):
+            return float(value)
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def in_range(name: str, value, interval: str):
+    """Raise ConfigError naming `name` unless `value` lies in `interval`, e.g. "(0, 1]"."""
+    lo_text, hi_text = interval[1:-1].split(",")
+    lo, hi = float(lo_text), float(hi_text)
+    above = value >= lo if interval[0] == "[" else value > lo
+    below = value <= hi if interval[-1] == "]" else value < hi
+    if not (above and below):
+        raise ConfigError(f"{name} must be in {interval}, got {value!r}")
+    return value
+
+
+def _check_device(name: str, value: str):
+    import torch
+
+    try:
+        torch.device(value)
+    except RuntimeError:
+        raise ConfigError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {value!r}") from None
 
 
 def make_config(preset: str = "ucf", profile: str = "quick", variant: str = "full", **overrides) -> RunConfig:

@@ -10,9 +10,11 @@ notebook file, the resolved parameters, every file of the `cupl` package and, wh
 notebook takes a `bank`, the bank's digest (`bank_digest`). The digest and the run time sit
 beside the executed copy in `NN_topic.run.json`.
 
-A failing notebook stops the chain: its partial copy is kept under `_executed/failed/`,
-any previous `_build/html` is removed so no complete-looking book is left, and the error
-names the notebook and the cell.
+Parameters are typed and range-checked (`check_parameter`) before anything runs. The book
+of earlier inputs is removed before the first notebook is re-executed, so no book looks
+current that is not. A failing notebook stops the chain: its partial copy is kept under
+`_executed/failed/`, and the error names the notebook and the cell. The build goes to a
+staging folder swapped in whole, so `_build/html` is never a partial book.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from cupl.book.chain import EXECUTED, NotebookRun, chain_notebooks, read_record, write_record
 from cupl.book.provenance import write_provenance
+from cupl.config import ConfigError, check_value, in_range, typed
 from cupl.experiments.cache import bank_digest, default_cache, package_digest, synthetic_bank
 
 PROFILES = ("smoke", "quick", "full")
@@ -79,6 +84,42 @@ def resolve_parameters(notebook: Path, declared: set[str], chain: dict, extra: d
     return params
 
 
+# Notebook parameters that carry a configuration value take the configuration's rule
+# (`cupl.config.check_value`), list parameters take it for every item; None keeps the
+# notebook's own choice. A parameter named nowhere here is passed as given.
+CONFIG_PARAMETERS = {
+    "device": "device", "num_segments": "generator.num_segments", "num_heads": "generator.num_heads",
+    "alpha": "generator.alpha", "passes": "generator.mc_passes", "window": "self_train.window",
+    "iterations": "self_train.iterations", "ratio": "self_train.ratio",
+}
+LIST_PARAMETERS = {
+    "heads": "generator.num_heads", "alphas": "generator.alpha", "ratios": "self_train.ratio",
+    "pass_counts": "generator.mc_passes",
+}
+COUNT_PARAMETERS = ("seeds", "check_clips")
+
+
+def check_parameter(name: str, value):
+    """`value` of notebook parameter `name`, typed and range-checked with the rules the same
+    value follows everywhere else; ConfigError naming the parameter."""
+    label = f"parameter {name!r}"
+    if name == "profile":
+        if value not in PROFILES:
+            raise ConfigError(f"{label} must be one of {', '.join(map(repr, PROFILES))}, got {value!r}")
+        return value
+    if name == "bank":
+        return typed(label, str, str(value) if isinstance(value, os.PathLike) else value)
+    if name in COUNT_PARAMETERS:
+        return in_range(label, typed(label, int, value), "[1, inf)")
+    if name in CONFIG_PARAMETERS:
+        return None if value is None else check_value(CONFIG_PARAMETERS[name], value, name=label)
+    if name in LIST_PARAMETERS:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{label} must be a non-empty list, got {value!r}")
+        return [check_value(LIST_PARAMETERS[name], v, name=f"{label}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
 def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | None) -> str:
     """What an executed copy depends on: notebook, parameters, `cupl` sources, bank."""
     record = {
@@ -91,9 +132,9 @@ def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | Non
 
 
 def _kernel_manager_class():
-    """A kernel manager that starts the interpreter running this code: ipykernel's native
-    spec resolves to `sys.executable`, and an empty kernel search path keeps a user's own
-    `python3` kernel (possibly of another environment) out of the way."""
+    """A kernel manager that starts the interpreter running this code, over IPC: ipykernel's
+    native spec resolves to `sys.executable`, and an empty kernel search path keeps a user's
+    own `python3` kernel (possibly of another environment) out of the way."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
@@ -102,6 +143,16 @@ def _kernel_manager_class():
         @default("kernel_spec_manager")
         def _kernel_spec_manager_default(self):
             return KernelSpecManager(kernel_dirs=[])
+
+        # local sockets: nothing travels over TCP, and the kernel has no plain-text warning to give
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+        # an absolute, short socket path (a Unix socket's path holds at most 107 bytes)
+        @default("ip")
+        def _ip_default(self):
+            return os.path.join(tempfile.gettempdir(), f"cupl-kernel-{uuid.uuid4().hex[:12]}")
 
     return ThisInterpreterKernelManager
 
@@ -221,7 +272,10 @@ def run_chain(
     # of the chapters up to four times slower on a busy 2-core machine. A user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = Path(root).resolve()
-    extra = dict(extra or {})
+    extra = {name: check_parameter(name, value) for name, value in (extra or {}).items()}
+    for name, value in (("seeds", seeds), ("device", device)):
+        if value is not None:
+            check_parameter(name, value)
     selected = _select(chain_notebooks(root), only)
     declared = {n: declared_parameters(root / "notebooks" / f"{n}.ipynb") for n in selected}
     chain = {"profile": profile, "seeds": seeds, "device": device}
@@ -261,6 +315,9 @@ def run_chain(
                 continue
             if progress:
                 print(f"[{i}/{len(selected)}] {name}: running with {params}", flush=True)
+            # the book of the previous inputs is no longer current, and an interrupted chain
+            # would leave it beside copies made with two parameter sets: it goes first
+            remove_book(root)
             wall = execute_notebook(root, name, params, progress)
             finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
             write_record(record_path, {"digest": digest, "parameters": params, "wall_s": wall,
@@ -299,31 +356,64 @@ def _jupyter_book() -> str:
     return found
 
 
+STAGING_PREFIX = ".building-"
+
+
 def build_book(root: Path, force: bool = False, progress: bool = True) -> float:
-    """`jupyter-book build ROOT -W -n --keep-going` (`--all` with force); returns its wall
-    time. Every executed notebook of the toc must exist. On failure the partial
-    `_build/html` is removed and BuildFailed carries the build's last lines."""
+    """`jupyter-book build ROOT -W -n --keep-going` (`--all` with force) into a staging folder
+    under `_build/`, started from a copy of the previous build (so it stays incremental), and
+    swapped in whole: `_build/html` is always the previous complete book or the new one, even
+    when the build is interrupted. Returns its wall time. Every executed notebook of the toc
+    must exist. On failure no book is left and BuildFailed carries the build's last lines."""
     missing = [n for n in chain_notebooks(root)
                if not (root / EXECUTED / "notebooks" / f"{n}.ipynb").is_file()]
     if missing:
         remove_book(root)
         raise BuildFailed(f"not executed yet: {missing}; run `cupl book` without --only "
                           "(or pass --no-build)")
-    command = [_jupyter_book(), "build", str(root), "-W", "-n", "--keep-going"]
+    out = root / "_build"
+    for stale in out.glob(f"{STAGING_PREFIX}*"):  # left by a build that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = out / f"{STAGING_PREFIX}{os.getpid()}"
+    for part in ("html", ".doctrees"):
+        if (out / part).is_dir():
+            shutil.copytree(out / part, staging / "_build" / part, symlinks=True)
+    command = [_jupyter_book(), "build", str(root), "--path-output", str(staging), "-W", "-n", "--keep-going"]
     if force:
         command.append("--all")
     if progress:
         print("building the book:", " ".join(command[1:]), flush=True)
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        remove_book(root)
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-40:])
-        raise BuildFailed(f"jupyter-book build failed (exit {done.returncode}); "
-                          f"no book was left in _build/html:\n{tail}")
+    try:
+        done = _run_builder(command, root)
+        wall = time.perf_counter() - start
+        built = staging / "_build" / "html"
+        if done.returncode != 0 or not (built / "index.html").is_file():
+            remove_book(root)
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-40:])
+            raise BuildFailed(f"jupyter-book build failed (exit {done.returncode}"
+                              f"{'' if done.returncode else ', no index.html'}); "
+                              f"no book was left in _build/html:\n{tail}")
+        if (staging / "_build" / ".doctrees").is_dir():
+            swap_in(staging / "_build" / ".doctrees", out / ".doctrees")
+        swap_in(built, out / "html")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if progress:
-        print(f"book built in {wall:.1f} s: {root / '_build' / 'html' / 'index.html'}", flush=True)
+        print(f"book built in {wall:.1f} s: {out / 'html' / 'index.html'}", flush=True)
     return wall
 
 
+def _run_builder(command: list[str], root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=root, capture_output=True, text=True)
+
+
+def swap_in(new: Path, dest: Path) -> None:
+    """Put the folder `new` at `dest`, replacing the folder there by two renames: no moment
+    shows a partly written `dest`."""
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,24 @@ def main(args) -> int:
                       ("auc_abnormal", "ROC-AUC on abnormal videos only")):
         mark = "*" if key == result["metric"] else " "
         print(f"{mark} {key:>12} {result[key]:.4f}  {what}")
+    status = 0
     if args.json:
         text = json.dumps(result, indent=2, default=float)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        status |= _write(args.json, lambda tmp: Path(tmp).write_text(text))
     if args.frame_scores:
         frames = frame_scores(clip_scores).numpy()
-        atomic_write(args.frame_scores, lambda tmp: _save_npy(tmp, frames))
+        status |= _write(args.frame_scores, lambda tmp: _save_npy(tmp, frames))
+    return status
+
+
+def _write(path, write) -> int:
+    """atomic_write, with a failure (a full disk, a read-only folder) named: 0 written, 1 not."""
+    try:
+        atomic_write(path, write)
+    except OSError as err:
+        print(f"cupl evaluate: could not write {path}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
     return 0
 
 

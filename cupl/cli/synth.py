@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
+from cupl.config import check_value
 from cupl.data.bank import FeatureBank
 from cupl.data.synth import PRESETS, PROFILES, SPLITS, write_synthetic
 
@@ -21,6 +23,11 @@ def configure_parser(p):
 
 
 def main(args) -> int:
+    try:  # the rule of a run's seed, before any work
+        check_value("seed", args.seed, name="--seed")
+    except ValueError as err:
+        print(f"cupl synth: {err}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     path = write_synthetic(args.out, args.preset, args.profile, args.seed,
                            progress=not args.no_progress, max_videos=args.max_videos, dtype=args.dtype,

@@ -3,14 +3,23 @@
 What a model or a result depends on besides its settings is the bank's content, the `cupl`
 sources and the torch version (`Data.digest`); each cache entry is named by a hash of that
 digest and of its settings, and written atomically.
+
+Every entry carries the sha256 of its content in a one-line header, checked on each read: a
+truncated, edited or damaged entry is named in a warning, removed and made again, so a cache
+never changes a result. A cache folder that cannot be written (read-only, full) costs only
+the reuse: the result is computed and returned, with one warning naming the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +34,63 @@ BANK_SEED = 0
 # Files up to this size are hashed whole; larger (real) banks by size, head and tail.
 FULL_HASH_LIMIT = 256 * 2**20
 EDGE_BYTES = 16 * 2**20
+ENTRY_HEADER = b"cupl-cache-entry sha256="
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was damaged and is made again, or the cache folder cannot be written."""
+
+
+_UNWRITABLE: set[Path] = set()  # folders already warned about, so each is named once
+
+
+def write_entry(path: Path, payload: bytes) -> Path | None:
+    """Store `payload` at `path` atomically, behind a header line holding its sha256.
+
+    returns: `path`, or None when the folder cannot be written (warned once per folder)."""
+    header = ENTRY_HEADER + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    try:
+        return atomic_write(path, lambda tmp: Path(tmp).write_bytes(header + payload))
+    except OSError as err:
+        folder = path.parent
+        if folder not in _UNWRITABLE:
+            _UNWRITABLE.add(folder)
+            warnings.warn(f"cache folder {folder} cannot be written ({err.strerror or err}); results are "
+                          f"computed but not kept for reuse", CacheWarning, stacklevel=3)
+        return None
+
+
+def cache_writable(folder: Path) -> bool:
+    """Whether entries can be written to `folder`, tried with an empty one (warned once when not)."""
+    probe = write_entry(folder / f".probe-{os.getpid()}", b"")
+    if probe is None:
+        return False
+    probe.unlink(missing_ok=True)
+    return True
+
+
+def read_entry(path: Path) -> bytes | None:
+    """The payload of the entry at `path`: None when there is none, or when its content does
+    not match its digest (then the entry is named in a warning and removed)."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    header, newline, payload = blob.partition(b"\n")
+    expected = ENTRY_HEADER + hashlib.sha256(payload).hexdigest().encode()
+    if not newline or header != expected:
+        discard_entry(path, "its content does not match its sha256 (truncated, edited or damaged)")
+        return None
+    return payload
+
+
+def discard_entry(path: Path, why: str) -> None:
+    """Warn naming the damaged entry `path` and remove it, so it is made again."""
+    warnings.warn(f"cache entry {path}: {why}; removed, it will be made again", CacheWarning, stacklevel=3)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def default_cache(start: Path | None = None) -> Path:
@@ -86,14 +152,47 @@ def synthetic_bank(profile: str, cache_dir: Path, progress: bool = True) -> Path
 
     sources = tree_digest(Path(cupl.data.__file__).parent)[:8]
     stem = f"{BANK_PRESET}-{profile}-seed{BANK_SEED}-v{GENERATOR_VERSION}-{sources}"
-    path = cache_dir / f"{stem}.h5"
-    if path.is_file():
+    path = Path(cache_dir) / f"{stem}.h5"
+    if _intact_bank(path):
         return path
     if progress:
         print(f"writing the synthetic {BANK_PRESET} bank, profile {profile!r}: {path}", flush=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    write_synthetic(path, preset=BANK_PRESET, profile=profile, seed=BANK_SEED, progress=progress)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_synthetic(path, preset=BANK_PRESET, profile=profile, seed=BANK_SEED, progress=progress)
+        digest = bank_digest(path)
+        atomic_write(_digest_file(path), lambda tmp: Path(tmp).write_text(digest + "\n"))
+    except OSError as err:
+        fallback = Path(tempfile.gettempdir()) / "cupl-cache" / "banks"
+        if path.parent == fallback:
+            raise
+        warnings.warn(f"cache folder {path.parent} cannot be written ({err.strerror or err}); the bank goes "
+                      f"to {fallback}", CacheWarning, stacklevel=2)
+        return synthetic_bank(profile, fallback, progress)
     return path
+
+
+def _digest_file(bank: Path) -> Path:
+    return bank.with_name(bank.name + ".sha256")
+
+
+def _intact_bank(path: Path) -> bool:
+    """Whether the cached bank `path` exists and matches the sha256 recorded beside it when it
+    was written; one that does not (truncated, damaged, or with no digest because its writer
+    was stopped) is named in a warning and removed."""
+    if not path.is_file():
+        return False
+    try:
+        recorded = _digest_file(path).read_text().strip()
+    except FileNotFoundError:
+        recorded = None
+    if recorded == bank_digest(path):
+        return True
+    why = "no sha256 recorded beside it" if recorded is None else "its content does not match its sha256"
+    discard_entry(path, f"{why} (an interrupted write, or truncated or damaged)")
+    with contextlib.suppress(OSError):
+        _digest_file(path).unlink(missing_ok=True)
+    return False
 
 
 def stage1_key(config: RunConfig) -> tuple:
@@ -121,13 +220,18 @@ def load_stage1(data: "Data", key: tuple, config: RunConfig):
     if key in data.generators:
         return data.generators[key]
     path = cache_path(data, "f_g", key)
-    if path is None or not path.is_file():
+    payload = read_entry(path) if path is not None else None
+    if payload is None:
         return None
     from cupl.method.models import MultiHeadClassifier
 
     g = config.generator
     model = MultiHeadClassifier(data.train.features.shape[-1], g.num_heads, g.hidden, g.dropout)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
+    except Exception as err:  # a payload whose digest matches but which is no such model
+        discard_entry(path, f"not a stage-1 model of this configuration ({type(err).__name__})")
+        return None
     data.generators[key] = model.eval()
     return model
 
@@ -136,23 +240,30 @@ def store_stage1(data: "Data", key: tuple, model) -> None:
     data.generators[key] = model
     path = cache_path(data, "f_g", key)
     if path is not None and not path.is_file():
-        atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        write_entry(path, buffer.getvalue())
 
 def load_run(data: "Data", run_key: str) -> RunResult | None:
     """A run's results from the disk cache: config, metrics, history and timings, without
     models, test scores or arrays (enough for `run_seeds` with keep=False). None if absent."""
     path = cache_path(data, "run", run_key)
-    if path is None or not path.is_file():
+    payload = read_entry(path) if path is not None else None
+    if payload is None:
         return None
-    saved = json.loads(path.read_text())
-    return RunResult(saved["config"], saved["metrics"], saved["history"], saved["timings"],
-                     f_g=None, f_c=None, test_scores=None)
+    try:
+        saved = json.loads(payload)
+        return RunResult(saved["config"], saved["metrics"], saved["history"], saved["timings"],
+                         f_g=None, f_c=None, test_scores=None)
+    except (ValueError, KeyError, TypeError) as err:
+        discard_entry(path, f"not a run record ({type(err).__name__}: {err})")
+        return None
 
 def store_run(data: "Data", run_key: str, result: RunResult) -> None:
     path = cache_path(data, "run", run_key)
     if path is not None and not path.is_file():
         saved = {k: getattr(result, k) for k in ("config", "metrics", "history", "timings")}
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(saved)))
+        write_entry(path, json.dumps(saved).encode())
 
 def run_once(data: "Data", config: RunConfig, keep: bool) -> RunResult:
     """`train.run` of `config`, or the same run made earlier (memory, then disk cache).

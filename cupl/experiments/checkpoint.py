@@ -17,10 +17,13 @@ no apex and no CUDA are needed.
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
 
+from cupl.config import check_value
 from cupl.files import atomic_write
 
 FORMAT = "cupl.ClipClassifier"
@@ -58,7 +61,20 @@ def _read(path) -> dict:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
+    except pickle.UnpicklingError as err:
+        # torch's message goes on to advise weights_only=False, which would run whatever code
+        # the file carries: never the advice for a file of unknown origin, so it is not repeated
+        detail = str(err).partition("WeightsUnpickler error:")[2].strip()
+        if "global" in detail.lower():
+            objects = detail.split(" was not", 1)[0].removeprefix("Unsupported global:").strip()
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects ({objects}) besides tensors and plain data; "
+                f"they are not loaded, for safety (unpickling can run code). cupl reads "
+                f"stage-2 checkpoints weights-only: the released UCF_0.8622.pth layout or a "
+                f"file written by `cupl train --save`") from None
+        reason = detail.splitlines()[0] if detail else "unreadable pickle data"
+        raise CheckpointError(f"{path}: not a loadable checkpoint, damaged or of another format ({reason})") from None
+    except Exception as err:  # torch raises RuntimeError or EOFError for other bad files
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({err})") from None
     if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict, got {type(blob).__name__}"
@@ -165,7 +181,14 @@ def evaluate_checkpoint(checkpoint, bank, *, modality: str | None = None, window
     model = load_checkpoint(checkpoint)
     config = load_config(checkpoint)
     modality = modality or config.get("modality", "rgb")
-    window = window or config.get("self_train", {}).get("window", 5)
+    trained_window = config.get("self_train", {}).get("window", 5)
+    if window is None:
+        window = trained_window
+    else:
+        window = check_value("self_train.window", window, name="window")
+        if window != trained_window:
+            warnings.warn(f"{checkpoint} was trained with the temporal context window w = {trained_window}; "
+                          f"scoring with w = {window} changes every score and the metrics", stacklevel=2)
     crops = config.get("crops", "each")
     with FeatureBank.open(bank) as features:
         split = features.load_split("test", modality=modality, progress=progress)

@@ -226,6 +226,19 @@ class RunResult:
     peak_memory: dict[str, int] = field(default_factory=dict)  # CUDA: peak bytes allocated per stage
 
 
+def check_finite_videos(name: str, split: Split) -> None:
+    """`check_finite` of the split's [N, C, D] features; the error names the videos holding
+    NaN or inf (found only when there are any: the check itself builds no [N] mask)."""
+    try:
+        check_finite(name, split.features)
+    except ValueError as err:
+        bad = ~torch.isfinite(split.features).flatten(1).all(1)
+        videos = torch.unique(split.video_index[bad.to(split.offsets.device)]).tolist()
+        names = [split.names[v] for v in videos]
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        raise ValueError(f"{err}, in {len(names)} video(s): {', '.join(names[:10])}{more}") from None
+
+
 def run(config: RunConfig, train: Split, test: Split, *, oracle: torch.Tensor | None = None,
         progress: bool = True, keep_arrays: bool = False,
         f_g: MultiHeadClassifier | None = None) -> RunResult:
@@ -239,8 +252,8 @@ def run(config: RunConfig, train: Split, test: Split, *, oracle: torch.Tensor | 
     identical to one that trained it, because stage 2 draws from its own seeded streams.
     """
     config.validate()
-    check_finite("train features", train.features)
-    check_finite("test features", test.features)
+    check_finite_videos("train features", train)
+    check_finite_videos("test features", test)
     device = torch.device(config.device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -302,7 +315,7 @@ def stage1(config: RunConfig, train: Split, *, progress: bool = False) -> MultiH
     Lets stage-1 models be trained ahead, elsewhere, and passed to `run` as `f_g`.
     """
     config.validate()
-    check_finite("train features", train.features)
+    check_finite_videos("train features", train)
     device = torch.device(config.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)

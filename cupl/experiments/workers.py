@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 
 import torch
 
 from cupl.config import from_dict, to_dict
-from cupl.experiments.cache import cache_path, load_stage1, run_once, stage1_key, store_stage1
+from cupl.experiments.cache import cache_path, cache_writable, load_stage1, run_once, stage1_key, store_stage1
 from cupl.experiments.loading import Data, load_data
 from cupl.experiments.train import stage1
 from cupl.util import progress as progress_bar
@@ -51,7 +52,8 @@ def prefetch(data: Data, configs, *, keep: bool = False, workers: int | None = N
     Runs that share a stage-1 model go to one process, one after another, so no f_g is trained
     twice. Every process runs the same code on the same bank with the same seeds, so the
     results are those of the calling process, up to float rounding where thread counts differ.
-    Does nothing without a disk cache, with one worker or with fewer than two jobs.
+    Does nothing without a disk cache that can be written, with one worker or with fewer than
+    two jobs.
     returns: the number of jobs made.
     """
     configs = list(configs)
@@ -75,7 +77,9 @@ def prefetch(data: Data, configs, *, keep: bool = False, workers: int | None = N
         g = config.generator
         stage1_cost, stage2_cost = cost.get(key, (0 if trained else g.steps * g.batch_size * g.num_heads, 0))
         cost[key] = (stage1_cost, stage2_cost + (0 if keep else config.self_train.iterations * config.clip.epochs))
-    if workers <= 1 or len(jobs) < 2:
+    # workers hand their results over through the cache: without one that can be written they
+    # would only compute what this process computes again
+    if workers <= 1 or len(jobs) < 2 or not cache_writable(data.cache):
         return 0
     # the longest jobs first, so that no process is left with a long one while the others wait
     jobs = dict(sorted(jobs.items(), key=lambda item: cost[item[0]], reverse=True))
@@ -132,7 +136,17 @@ def _main_hidden():
 
 _WORKER: dict = {}
 
+def quiet_interrupt() -> None:
+    """Make SIGINT end this worker process at once and silently. A Jupyter kernel interrupts
+    its whole process group when it shuts down, and Ctrl-C reaches every process of the
+    terminal's group: the calling process reports the interrupt, once; each worker would
+    otherwise print a KeyboardInterrupt traceback. Its cache writes are atomic, so an
+    interrupted one leaves nothing that looks finished."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
+
+
 def _worker_start(path: str, modality: str, cache: str, threads: int) -> None:
+    quiet_interrupt()
     torch.set_num_threads(threads)
     _WORKER["data"] = load_data(path, modality=modality, cache=cache)
 

@@ -560,3 +560,29 @@ def test_pickled_checkpoint_is_refused_without_the_unsafe_advice(tmp_path):
     assert "weights_only=False" not in message and "likely succeed" not in message
     assert "`weights_only` set to `False`" not in message
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_student_edition_hides_solutions_and_leaves_the_book(built_book, monkeypatch):
+    import yaml
+
+    seen = []
+
+    def build(command, root):
+        seen.append(command)
+        out = Path(command[command.index("--path-output") + 1]) / "_build" / "html"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "index.html").write_text("student")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(book, "_run_builder", build)
+    monkeypatch.setattr(book, "_jupyter_book", lambda: "jupyter-book")
+    (built_book / "_config.yml").write_text("title: tiny\nexecute:\n  execute_notebooks: 'off'\n")
+    book.build_book(built_book, progress=False, student=True)
+    (command,) = seen
+    assert "--config" in command
+    assert (built_book / "_build" / "student" / "index.html").read_text() == "student"
+    assert (built_book / "_build" / "html" / "index.html").read_text() == "old", "the full book stays"
+    written = book.student_config(built_book, built_book / "cfg")
+    config = yaml.safe_load(written.read_text())
+    assert config["sphinx"]["config"]["hide_solutions"] is True
+    assert config["execute"] == {"execute_notebooks": "off"} and "course edition" in config["title"]

@@ -111,3 +111,17 @@ def test_exercises_are_numbered_with_collapsed_solutions(smoke_book):
         solutions = soup.select(".solution")
         assert exercises, f"{page.name} has no exercise"
         assert solutions and all("dropdown" in s.get("class", []) for s in solutions), page.name
+
+
+@pytest.mark.slow
+def test_student_edition_renders_without_solutions(smoke_book):
+    from cupl.book.runner import build_book
+
+    root = smoke_book[0]
+    build_book(root, progress=False, student=True)
+    chapters = sorted((root / "_build" / "student" / "_executed" / "notebooks").glob("*.html"))
+    assert chapters
+    for page in chapters:
+        soup = _soup(page.read_text(encoding="utf-8"))
+        assert soup.select(".exercise"), f"{page.name}: the exercises stay"
+        assert not soup.select(".solution"), f"{page.name}: a solution is shown"

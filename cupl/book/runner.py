@@ -256,6 +256,7 @@ def run_chain(
     build: bool = True,
     progress: bool = True,
     cache_dir: Path | str | None = None,
+    student: bool = False,
 ) -> ChainResult:
     """Execute the chain of `_toc.yml` under `root` and (unless `build=False`) build the book.
 
@@ -329,7 +330,7 @@ def run_chain(
                       f"(chain {elapsed:.1f} s so far)", flush=True)
 
     write_provenance(root, runs, profile, bank_path, bank_hash, chain, extra)
-    build_s = build_book(root, force=force, progress=progress) if build else None
+    build_s = build_book(root, force=force, progress=progress, student=student) if build else None
     return ChainResult(runs, bank_path, build_s)
 
 
@@ -359,12 +360,15 @@ def _jupyter_book() -> str:
 STAGING_PREFIX = ".building-"
 
 
-def build_book(root: Path, force: bool = False, progress: bool = True) -> float:
+def build_book(root: Path, force: bool = False, progress: bool = True, student: bool = False) -> float:
     """`jupyter-book build ROOT -W -n --keep-going` (`--all` with force) into a staging folder
     under `_build/`, started from a copy of the previous build (so it stays incremental), and
     swapped in whole: `_build/html` is always the previous complete book or the new one, even
     when the build is interrupted. Returns its wall time. Every executed notebook of the toc
-    must exist. On failure no book is left and BuildFailed carries the build's last lines."""
+    must exist. On failure no book is left and BuildFailed carries the build's last lines.
+
+    student: the course edition, in `_build/student`: the same book with the solutions of the
+    exercises hidden (sphinx-exercise's `hide_solutions`), for handing out."""
     missing = [n for n in chain_notebooks(root)
                if not (root / EXECUTED / "notebooks" / f"{n}.ipynb").is_file()]
     if missing:
@@ -375,10 +379,13 @@ def build_book(root: Path, force: bool = False, progress: bool = True) -> float:
     for stale in out.glob(f"{STAGING_PREFIX}*"):  # left by a build that was killed
         shutil.rmtree(stale, ignore_errors=True)
     staging = out / f"{STAGING_PREFIX}{os.getpid()}"
-    for part in ("html", ".doctrees"):
-        if (out / part).is_dir():
-            shutil.copytree(out / part, staging / "_build" / part, symlinks=True)
+    edition, doctrees = ("student", ".doctrees-student") if student else ("html", ".doctrees")
+    for part, kept in (("html", edition), (".doctrees", doctrees)):
+        if (out / kept).is_dir():
+            shutil.copytree(out / kept, staging / "_build" / part, symlinks=True)
     command = [_jupyter_book(), "build", str(root), "--path-output", str(staging), "-W", "-n", "--keep-going"]
+    if student:
+        command += ["--config", str(student_config(root, staging))]
     if force:
         command.append("--all")
     if progress:
@@ -395,13 +402,32 @@ def build_book(root: Path, force: bool = False, progress: bool = True) -> float:
                               f"{'' if done.returncode else ', no index.html'}); "
                               f"no book was left in _build/html:\n{tail}")
         if (staging / "_build" / ".doctrees").is_dir():
-            swap_in(staging / "_build" / ".doctrees", out / ".doctrees")
-        swap_in(built, out / "html")
+            swap_in(staging / "_build" / ".doctrees", out / doctrees)
+        swap_in(built, out / edition)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if progress:
-        print(f"book built in {wall:.1f} s: {out / 'html' / 'index.html'}", flush=True)
+        print(f"book built in {wall:.1f} s: {out / edition / 'index.html'}", flush=True)
     return wall
+
+
+def student_config(root: Path, folder: Path) -> Path:
+    """The book's `_config.yml` with the exercises' solutions hidden, written into `folder`."""
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
+    sphinx = config.setdefault("sphinx", {})
+    sphinx.setdefault("config", {})["hide_solutions"] = True
+    # relative paths of the configuration are read from the book's root, not from `folder`
+    for key, value in sphinx.get("local_extensions", {}).items():
+        sphinx["local_extensions"][key] = str((root / value).resolve())
+    config["bibtex_bibfiles"] = [str((root / b).resolve()) for b in config.get("bibtex_bibfiles", [])]
+    config.setdefault("title", "")
+    config["title"] = f"{config['title']} (course edition)".strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "_config.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def _run_builder(command: list[str], root: Path) -> subprocess.CompletedProcess:

@@ -26,6 +26,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--no-build", action="store_true", help="execute, do not build")
     parser.add_argument("--force", action="store_true",
                         help="rerun every notebook and rebuild every page")
+    parser.add_argument("--student", action="store_true",
+                        help="build the course edition, solutions hidden, into _build/student")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -35,6 +37,7 @@ def main(args) -> int:
             find_root(Path.cwd()), profile=args.profile, bank=args.bank, seeds=args.seeds,
             device=args.device, extra={k: parse_literal(v) for k, v in args.parameter},
             only=args.only, force=args.force, build=not args.no_build, progress=not args.quiet,
+            student=args.student,
         )
     except (UnknownParameterError, NotebookFailed, BuildFailed, FileNotFoundError, ValueError) as exc:
         print(f"cupl book: {exc}", file=sys.stderr)

@@ -23,6 +23,11 @@ class GeneratorConfig:
     diversity: bool = True  # False trains with L_MIL alone (the baseline generator)
     diversity_on_normal: bool = False  # open: Eq. 2 on abnormal bags only (nothing to cover in normal ones)
     head_scores: str = "sigmoid"  # open: A^k in Eq. 1-3 is each head's sigmoid score (Sec. 4.2), or "logits"
+    # open: Eq. 6 and Eq. 2-3 are written per video; "mean" or "sum" over the batch. A summed
+    # hinge with averaged regularisers weighs them by alpha / batch_size.
+    mil_reduction: str = "mean"
+    regularizer_reduction: str = "mean"
+    norm_form: str = "paper"  # open: Eq. 3 as printed ("paper") or the balance term of [13] ("cmcs")
     num_segments: int = 32  # S
     lr: float = 0.1  # Adadelta (Sec. 4.2)
     steps: int = 3000  # open: the paper gives no count; one step = one batch of pairs
@@ -84,6 +89,9 @@ class RunConfig:
             (self.self_train.normal_labels in ("zero", "pseudo"), "self_train.normal_labels must be 'zero' or 'pseudo'"),
             (self.crops in ("each", "mean"), "crops must be 'each' or 'mean'"),
             (self.generator.head_scores in ("sigmoid", "logits"), "generator.head_scores must be 'sigmoid' or 'logits'"),
+            (self.generator.mil_reduction in ("mean", "sum") and self.generator.regularizer_reduction in ("mean", "sum"),
+             "generator.mil_reduction and generator.regularizer_reduction must be 'mean' or 'sum'"),
+            (self.generator.norm_form in ("paper", "cmcs"), "generator.norm_form must be 'paper' or 'cmcs'"),
             (self.generator.mc_passes >= 1 and self.clip.mc_passes >= 1, "mc_passes must be >= 1"),
             (self.generator.steps >= 1 and self.clip.epochs >= 1, "generator.steps and clip.epochs must be >= 1"),
         ]

@@ -106,23 +106,27 @@ def test_real_generator_runs_and_is_restored_to_training_mode():
 def test_readings_sweep_plan_and_decision(load_benchmark):
     bench = load_benchmark("generator_readings")
     runs = bench.plan(default_batch=16)
-    # 32 readings x 5 alphas x 3 seeds at batch 16, and the 16 summed-hinge readings again at 32
-    assert len(runs) == 32 * 5 * 3 + 16 * 5 * 3
+    # 3 reference runs (L_MIL only), 32 readings x 5 alphas x 3 seeds at batch 16, and the 16
+    # summed-hinge readings again at 32
+    assert len(runs) == 3 + 32 * 5 * 3 + 16 * 5 * 3
     assert len({bench.run_key(r) for r in runs}) == len(runs)
-    first = runs[:32]  # every per-video-regulariser reading at alpha 10 and 100, seed 0, first
+    assert [r["switches"] for r in runs[:3]] == [{"diversity": False}] * 3
+    first = runs[3:35]  # every per-video-regulariser reading at alpha 10 and 100, seed 0, first
     assert {r["alpha"] for r in first} == {10.0, 100.0} and {r["seed"] for r in first} == {0}
     assert len({r["reading"] for r in first}) == 16
     assert first[0]["reading"] == "logit/paper/abn-bags/mil-mean/reg-mean"
-    assert len(bench.plan(default_batch=32)) == 32 * 5 * 3  # no second pass at the same batch
+    assert len(bench.plan(default_batch=32)) == 3 + 32 * 5 * 3  # no second pass at the same batch
 
     def cell(reading, alpha, healthy):
         r = next(x for x in bench.readings() if bench.reading_name(x) == reading)
         return {"reading": reading, "switches": r, "alpha": alpha, "batch_size": 16, "healthy": healthy}
 
     near, far = "logit/paper/abn-bags/mil-mean/reg-mean", "sig/cmcs/abn-bags/mil-mean/reg-mean"
-    rows = [cell(far, 10.0, True), cell(far, 100.0, False), cell(near, 10.0, True), cell(near, 100.0, True)]
+    ref = {"reading": bench.REFERENCE, "switches": {"diversity": False}, "alpha": 0.0, "batch_size": 16,
+           "healthy": True}
+    rows = [ref, cell(far, 10.0, True), cell(far, 100.0, False), cell(near, 10.0, True), cell(near, 100.0, True)]
     assert bench.decide(rows)["choice"] == f"{far} @ batch 16"  # near stays healthy at 100
-    rows[3] = cell(near, 100.0, False)
+    rows[4] = cell(near, 100.0, False)
     assert bench.decide(rows)["qualifying"] == [f"{near} @ batch 16", f"{far} @ batch 16"]
-    rows[3] = cell(near, 100.0, None)  # seeds missing: neither qualifies nor fails
+    rows[4] = cell(near, 100.0, None)  # seeds missing: neither qualifies nor fails
     assert bench.decide(rows)["undecided (seeds missing)"] == [f"{near} @ batch 16"]

@@ -28,6 +28,11 @@ class GeneratorConfig:
     diversity: bool = True  # False trains with L_MIL alone (the baseline generator)
     diversity_on_normal: bool = False  # open: Eq. 2 on abnormal bags only (nothing to cover in normal ones)
     head_scores: str = "sigmoid"  # open: A^k in Eq. 1-3 is each head's sigmoid score (Sec. 4.2), or "logits"
+    # open: Eq. 6 and Eq. 2-3 are written per video; "mean" or "sum" over the batch. A summed
+    # hinge with averaged regularisers weighs them by alpha / batch_size.
+    mil_reduction: str = "mean"
+    regularizer_reduction: str = "mean"
+    norm_form: str = "paper"  # open: Eq. 3 as printed ("paper") or the balance term of [13] ("cmcs")
     num_segments: int = 32  # S
     lr: float = 0.1  # Adadelta (Sec. 4.2)
     steps: int = 3000  # open: the paper gives no count; one step = one batch of pairs
@@ -230,6 +235,9 @@ RANGES: dict[str, str] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": tuple(PRESETS),
     "generator.head_scores": ("sigmoid", "logits"),
+    "generator.mil_reduction": ("mean", "sum"),
+    "generator.regularizer_reduction": ("mean", "sum"),
+    "generator.norm_form": ("paper", "cmcs"),
     "self_train.selection": ("uncertainty", "random", "all"),
     "self_train.normal_labels": ("zero", "pseudo"),
     "crops": ("each", "mean"),

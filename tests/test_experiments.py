@@ -88,6 +88,12 @@ def test_stage1_key_ignores_stage2_and_the_unused_diversity_settings():
     assert ex.stage1_key(base) != ex.stage1_key(make_config("ucf", "smoke", seed=1, **{"generator.alpha": 1.0}))
     one_head = make_config("ucf", "smoke", seed=1, **{"generator.num_heads": 1, "generator.alpha": 3.0})
     assert ex.stage1_key(one_head) == ex.stage1_key(make_config("ucf", "smoke", "baseline", seed=1))
+    # the readings of the completeness terms change nothing without them
+    readings = {"generator.head_scores": "logits", "generator.norm_form": "cmcs", "generator.regularizer_reduction": "sum"}
+    assert ex.stage1_key(make_config("ucf", "smoke", "baseline", seed=1, **readings)) == ex.stage1_key(
+        make_config("ucf", "smoke", "baseline", seed=1))
+    assert ex.stage1_key(make_config("ucf", "smoke", seed=1, **readings)) != ex.stage1_key(
+        make_config("ucf", "smoke", seed=1))
 
 
 def test_one_head_trains_the_same_generator_with_or_without_diversity():

@@ -192,6 +192,86 @@ def test_single_head_or_no_diversity_is_plain_mil():
     assert parts["loss"].item() == pytest.approx(np_mil(sigmoid(a2.mean(1)), sigmoid(n2.mean(1))), abs=1e-10)
 
 
+# ---- readings of the batch reduction and of Eq. 3 -----------------------------------------
+
+def test_mil_summed_over_pairs_by_hand():
+    # the pairs of test_mil_by_hand: hinges 0.5 and 1.1, summed 1.6
+    abnormal = torch.tensor([[0.2, 0.9, 0.1], [0.6, 0.5, 0.55]])
+    normal = torch.tensor([[0.3, 0.4, 0.0], [0.7, 0.1, 0.2]])
+    assert mil_ranking_loss(abnormal, normal, "sum").item() == pytest.approx(1.6, abs=1e-6)
+
+
+def test_diversity_summed_over_bags_by_hand():
+    # bag 1: identical heads, cosine 1. bag 2: heads [0, log 3] and [log 3, 0]: softmax
+    # [1/4, 3/4] and [3/4, 1/4], cosine (3/16 + 3/16) / (10/16) = 0.6. Sum 1.6, mean 0.8.
+    l3 = math.log(3.0)
+    heads = torch.tensor([[[0.0, 1.0], [0.0, 1.0]], [[0.0, l3], [l3, 0.0]]], dtype=torch.float64)
+    assert diversity_loss(heads, "sum").item() == pytest.approx(1.6, abs=1e-12)
+    assert diversity_loss(heads, "mean").item() == pytest.approx(0.8, abs=1e-12)
+
+
+def test_paper_norm_summed_over_bags_by_hand():
+    # bag 1: heads [3, 4] and [0, 0]: (5 + 0) / 2 - ||[1.5, 2]|| = 2.5 - 2.5 = 0 (parallel)
+    # bag 2: heads [1, 0] and [0, 1]: (1 + 1) / 2 - ||[0.5, 0.5]|| = 1 - sqrt(0.5)
+    heads = torch.tensor([[[3.0, 4.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    bag2 = 1 - math.sqrt(0.5)
+    assert norm_loss(heads, "sum").item() == pytest.approx(bag2, abs=1e-12)
+    assert norm_loss(heads, "mean", "paper").item() == pytest.approx(bag2 / 2, abs=1e-12)
+
+
+def test_cmcs_norm_by_hand():
+    # [13]: n_k = mean_s |A^k_s|, loss = mean_k |n_k - mean_j n_j|.
+    # bag 1: heads [3, -4] and [0, 0]: n = 3.5, 0; mean 1.75; deviations 1.75, 1.75 -> 1.75
+    # bag 2: heads [1, 0] and [0, 1]: n = 0.5, 0.5 -> 0 (equal scale, however different)
+    heads = torch.tensor([[[3.0, -4.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    assert norm_loss(heads, "mean", "cmcs").item() == pytest.approx(1.75 / 2, abs=1e-12)
+    assert norm_loss(heads, "sum", "cmcs").item() == pytest.approx(1.75, abs=1e-12)
+    # three heads, scales 1, 2, 6 (mean 3): deviations 2, 1, 3 -> 2
+    three = torch.tensor([[[1.0, -1.0], [2.0, 2.0], [-6.0, 6.0]]], dtype=torch.float64)
+    assert norm_loss(three, form="cmcs").item() == pytest.approx(2.0, abs=1e-12)
+
+
+def np_cmcs_norm(heads):
+    """[13]'s norm term per video (mean absolute value per head, mean absolute deviation over
+    heads), averaged over videos, as a plain loop."""
+    out = []
+    for video in heads:
+        scale = [np.mean(np.abs(h)) for h in video]
+        out.append(np.mean([abs(x - np.mean(scale)) for x in scale]))
+    return float(np.mean(out))
+
+
+def test_generator_loss_readings_combine_as_written():
+    # summed hinge, summed regularisers, [13]'s norm, logits, on normal bags too
+    rng = np.random.default_rng(7)
+    a, n = rng.normal(size=(3, 2, 8)), rng.normal(size=(3, 2, 8))
+    alpha = 0.3
+    parts = generator_loss(torch.from_numpy(a), torch.from_numpy(n), alpha=alpha, on_normal=True,
+                           head_scores="logits", mil_reduction="sum", regularizer_reduction="sum", norm_form="cmcs")
+    both = np.concatenate([a, n])
+    mil = 3 * np_mil(sigmoid(a.mean(1)), sigmoid(n.mean(1)))
+    div, nrm = 6 * np_diversity(both), 6 * np_cmcs_norm(both)
+    assert parts["mil"].item() == pytest.approx(mil, abs=1e-10)
+    assert parts["diversity"].item() == pytest.approx(div, abs=1e-10)
+    assert parts["norm"].item() == pytest.approx(nrm, abs=1e-10)
+    assert parts["loss"].item() == pytest.approx(mil + alpha * (div + nrm), abs=1e-10)
+    # summed hinge, averaged regularisers, sigmoid scores, abnormal bags only
+    parts = generator_loss(torch.from_numpy(a), torch.from_numpy(n), alpha=alpha, mil_reduction="sum")
+    assert parts["mil"].item() == pytest.approx(mil, abs=1e-10)
+    assert parts["diversity"].item() == pytest.approx(np_diversity(sigmoid(a)), abs=1e-10)
+    assert parts["norm"].item() == pytest.approx(np_norm(sigmoid(a)), abs=1e-10)
+
+
+def test_bad_reading_names():
+    x = torch.zeros(2, 2, 4)
+    with pytest.raises(ValueError, match="reduction.*'avg'"):
+        generator_loss(x, x, mil_reduction="avg")
+    with pytest.raises(ValueError, match="reduction.*'total'"):
+        generator_loss(x, x, regularizer_reduction="total")
+    with pytest.raises(ValueError, match="form.*'l1'"):
+        generator_loss(x, x, norm_form="l1")
+
+
 def test_generator_loss_bad_shapes():
     with pytest.raises(ValueError, match=r"normal_heads.*\(4, 32\)"):
         generator_loss(torch.zeros(4, 2, 32), torch.zeros(4, 32))

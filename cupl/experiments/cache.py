@@ -205,7 +205,8 @@ def stage1_key(config: RunConfig) -> tuple:
     g = dataclasses.asdict(config.generator)
     del g["mc_passes"]
     if not completeness_terms(g["num_heads"], g["diversity"]):
-        g.update(diversity=False, alpha=0.0, diversity_on_normal=False)
+        g.update(diversity=False, alpha=0.0, diversity_on_normal=False, head_scores="sigmoid",
+                 regularizer_reduction="mean", norm_form="paper")
     return (tuple(sorted(g.items())), config.seed, config.crops, config.modality, config.device, config.amp)
 
 def cache_path(data: "Data", kind: str, key) -> Path | None:

@@ -78,7 +78,7 @@ def train_generator(train: Split, cfg: GeneratorConfig, *, rng: torch.Generator,
         with autocast(device, amp):
             heads = model(segments[v, :, c]).float().transpose(1, 2)  # [2B, K, S]
         loss = generator_loss(heads[:b], heads[b:], cfg.alpha, cfg.diversity, cfg.diversity_on_normal,
-                              cfg.head_scores)["loss"]
+                              cfg.head_scores, cfg.mil_reduction, cfg.regularizer_reduction, cfg.norm_form)["loss"]
         loss.backward()
         optimizer.step()
 

@@ -1,0 +1,132 @@
+"""generator_health on a stub f_g whose per-head logits are the clip features themselves,
+against values worked out by hand; is_healthy against its stated thresholds."""
+
+import math
+
+import pytest
+import torch
+
+from cupl.data.split import Split
+from cupl.experiments.health import MAX_LABEL_MAE, MAX_SATURATED_NORMAL, MIN_AUC, generator_health, is_healthy
+
+L3, L199 = math.log(3.0), math.log(199.0)  # sigmoid: 0.75 and 0.995
+
+
+class FeaturesAreLogits(torch.nn.Module):
+    """A K-head f_g stand-in: forward(x [..., K]) = x."""
+
+    def forward(self, x):
+        return x
+
+
+def split_of(clip_logits, lengths, labels):
+    """One crop; features [N, 1, K] = the given per-head logits."""
+    x = torch.tensor(clip_logits, dtype=torch.float32).unsqueeze(1)
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    v = len(lengths)
+    return Split(features=x, offsets=offsets, labels=torch.tensor(labels), names=[f"v{i}" for i in range(v)],
+                 categories=["x"] * v, num_frames=torch.tensor(lengths) * 16)
+
+
+def test_health_by_hand():
+    # abnormal video (4 clips), heads (a, b) -> clip label sigmoid((a + b) / 2):
+    #   (0, 0) -> 0.5, (ln 3, ln 3) -> 0.75, (ln 199, ln 199) -> 0.995, (ln 199, -ln 199) -> 0.5
+    # normal video (2 clips): (-ln 3, -ln 3), (0, 0)
+    split = split_of([[0, 0], [L3, L3], [L199, L199], [L199, -L199], [-L3, -L3], [0, 0]], [4, 2], [1, 0])
+    oracle = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    h = generator_health(FeaturesAreLogits(), split, oracle, num_segments=2)
+    # positives 0.75, 0.5 against negatives 0.5, 0.995: 1 + 0 + 0.5 + 0 of 4 pairs
+    assert h["label_auc"] == pytest.approx(1.5 / 4)
+    assert h["label_mae"] == pytest.approx((0.5 + 0.25 + 0.995 + 0.5) / 4, abs=1e-6)
+    assert h["saturated"] == pytest.approx(0.25)
+    assert h["saturated_high"] == pytest.approx(0.25)
+    assert h["saturated_normal"] == pytest.approx(0.5)  # oracle-0 clips score 0.5 and 0.995
+    # head scores .5 .5 .75 .75 .995 .995 .995 .005: four of eight saturated
+    assert h["head_saturated"] == pytest.approx(0.5)
+    assert h["head_gap"] == pytest.approx(0.99 / 4, abs=1e-6)
+    # two segments: (clips 0-1), (clips 2-3). head a: [ln3 / 2, ln 199], head b: [ln3 / 2, 0];
+    # softmax proportional to [sqrt 3, 199] and [sqrt 3, 1]
+    cos = (3 + 199) / (math.sqrt(3 + 199 ** 2) * math.sqrt(3 + 1))
+    assert h["head_cosine"] == pytest.approx(cos, abs=1e-6)
+    # top A^avg: abnormal max(ln3 / 2, ln199 / 2) = ln199 / 2, normal max(-ln 3, 0) = 0
+    ya = math.sqrt(199) / (math.sqrt(199) + 1)
+    assert h["hinge_active"] == 1.0  # 1 - ya + 0.5 > 0
+    assert h["hinge_grad"] == pytest.approx(ya * (1 - ya) + 0.25, abs=1e-6)
+    assert not is_healthy(h)
+
+
+def test_saturated_generator_is_unhealthy_and_its_hinge_has_no_gradient():
+    # every head scores every clip at logit 30: labels 1, the fault the diagnostic exists for
+    split = split_of([[30.0, 30.0]] * 6, [4, 2], [1, 0])
+    oracle = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    h = generator_health(FeaturesAreLogits(), split, oracle, num_segments=2)
+    assert h["label_mae"] == pytest.approx(0.75, abs=1e-6)  # three of four clips have oracle 0
+    assert h["saturated"] == h["saturated_normal"] == h["head_saturated"] == 1.0
+    assert h["head_cosine"] == pytest.approx(1.0)
+    assert h["hinge_active"] == 1.0  # 1 - 1 + 1 > 0, yet the slope at logit 30 is ~1e-13
+    assert h["hinge_grad"] < 1e-12
+    assert not is_healthy(h)
+
+
+def test_inactive_hinge():
+    # abnormal top logit 40 -> score 1.0 in double; normal -800 -> 0.0: margin met, no gradient
+    split = split_of([[40.0, 40.0], [-800.0, -800.0]], [1, 1], [1, 0])
+    h = generator_health(FeaturesAreLogits(), split, torch.tensor([1.0, 0.0]), num_segments=1)
+    assert h["hinge_active"] == 0.0 and h["hinge_grad"] == 0.0
+
+
+def test_thresholds():
+    good = {"label_auc": MIN_AUC, "label_mae": MAX_LABEL_MAE, "saturated_normal": MAX_SATURATED_NORMAL}
+    assert is_healthy(good)
+    assert not is_healthy({**good, "label_auc": MIN_AUC - 0.01})
+    assert not is_healthy({**good, "label_mae": MAX_LABEL_MAE + 0.01})
+    assert not is_healthy({**good, "saturated_normal": MAX_SATURATED_NORMAL + 0.01})
+    assert not is_healthy({**good, "label_auc": float("nan")})
+
+
+def test_oracle_shape_is_checked():
+    split = split_of([[0.0, 0.0]] * 3, [2, 1], [1, 0])
+    with pytest.raises(ValueError, match=r"oracle must be \[3\].*\(2,\)"):
+        generator_health(FeaturesAreLogits(), split, torch.zeros(2))
+
+
+def test_real_generator_runs_and_is_restored_to_training_mode():
+    from cupl.models import MultiHeadClassifier
+
+    torch.manual_seed(0)
+    x = torch.randn(10, 2, 8)
+    split = Split(features=x, offsets=torch.tensor([0, 6, 10]), labels=torch.tensor([1, 0]), names=["a", "n"],
+                  categories=["x", "Normal"], num_frames=torch.tensor([96, 64]))
+    model = MultiHeadClassifier(8, 2, (4, 3), 0.5).train()
+    h = generator_health(model, split, (torch.arange(10) % 2).float(), num_segments=3)
+    assert model.training
+    assert 0.0 <= h["label_mae"] <= 1.0 and 0.0 <= h["head_cosine"] <= 1.0 + 1e-9
+
+
+def test_readings_sweep_plan_and_decision(load_benchmark):
+    bench = load_benchmark("generator_readings")
+    runs = bench.plan(default_batch=16)
+    # 3 reference runs (L_MIL only), 32 readings x 5 alphas x 3 seeds at batch 16, and the 16
+    # summed-hinge readings again at 32
+    assert len(runs) == 3 + 32 * 5 * 3 + 16 * 5 * 3
+    assert len({bench.run_key(r) for r in runs}) == len(runs)
+    assert [r["switches"] for r in runs[:3]] == [{"diversity": False}] * 3
+    first = runs[3:35]  # every per-video-regulariser reading at alpha 10 and 100, seed 0, first
+    assert {r["alpha"] for r in first} == {10.0, 100.0} and {r["seed"] for r in first} == {0}
+    assert len({r["reading"] for r in first}) == 16
+    assert first[0]["reading"] == "logit/paper/abn-bags/mil-mean/reg-mean"
+    assert len(bench.plan(default_batch=32)) == 3 + 32 * 5 * 3  # no second pass at the same batch
+
+    def cell(reading, alpha, healthy):
+        r = next(x for x in bench.readings() if bench.reading_name(x) == reading)
+        return {"reading": reading, "switches": r, "alpha": alpha, "batch_size": 16, "healthy": healthy}
+
+    near, far = "logit/paper/abn-bags/mil-mean/reg-mean", "sig/cmcs/abn-bags/mil-mean/reg-mean"
+    ref = {"reading": bench.REFERENCE, "switches": {"diversity": False}, "alpha": 0.0, "batch_size": 16,
+           "healthy": True}
+    rows = [ref, cell(far, 10.0, True), cell(far, 100.0, False), cell(near, 10.0, True), cell(near, 100.0, True)]
+    assert bench.decide(rows)["choice"] == f"{far} @ batch 16"  # near stays healthy at 100
+    rows[4] = cell(near, 100.0, False)
+    assert bench.decide(rows)["qualifying"] == [f"{near} @ batch 16", f"{far} @ batch 16"]
+    rows[4] = cell(near, 100.0, None)  # seeds missing: neither qualifies nor fails
+    assert bench.decide(rows)["undecided (seeds missing)"] == [f"{near} @ batch 16"]

@@ -45,12 +45,15 @@ STAGE2_SEED_OFFSET = 7919  # `run` reseeds both streams with seed + 7919 after s
 
 
 def run_many(configs, train: Split, test: Split, *, oracle: torch.Tensor | None = None, keep_arrays: bool = False,
-             progress: bool = False, max_models: int | None = None) -> list[RunResult]:
+             progress: bool = False, max_models: int | None = None,
+             generators: dict | None = None) -> list[RunResult]:
     """`cupl.train.run` of every config, as batched models; results in the order of `configs`.
 
     Configs that differ only in seed, generator.alpha and self_train.selection form one batch
     (`batch_key`); others go to batches of their own. Runs with the same stage-1 settings and
-    seed share one trained f_g (`stage1_key`). max_models caps the models of one batch
+    seed share one trained f_g (`stage1_key`, the key of `cupl.experiments.stage1_key`);
+    `generators` maps such keys to f_g trained before (read, and extended with the new ones).
+    max_models caps the models of one batch
     (memory: f_c keeps every model's memory table). Each result's `timings` holds the batch's
     stage times divided by the batch's models, so that they add up to the sweep's time.
     """
@@ -65,7 +68,7 @@ def run_many(configs, train: Split, test: Split, *, oracle: torch.Tensor | None 
     for i, config in enumerate(configs):
         batches.setdefault(batch_key(config), []).append(i)
     results: list[RunResult | None] = [None] * len(configs)
-    generators: dict[tuple, MultiHeadClassifier] = {}
+    generators = {} if generators is None else generators
     devices = sorted({c.device for c in configs if torch.device(c.device).type == "cuda"})
     with torch.random.fork_rng(devices=devices):
         for members in batches.values():

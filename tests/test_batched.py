@@ -212,8 +212,10 @@ def test_batches_group_by_shape_and_keep_input_order(data):
     configs = [tiny(seed=0, **{"generator.num_heads": 3}), tiny(seed=0), tiny(seed=1, **{"generator.num_heads": 3})]
     assert batch_key(configs[0]) == batch_key(configs[2]) != batch_key(configs[1])
     assert batch_key(tiny(seed=3, **{"generator.alpha": 5.0})) == batch_key(tiny("standard"))
-    results = run_many(configs, train, test, max_models=1)
+    trained = {}
+    results = run_many(configs, train, test, max_models=1, generators=trained)
     assert [r.config["generator"]["num_heads"] for r in results] == [3, 2, 3]
+    assert len(trained) == 3 and all(any(m is r.generator for m in trained.values()) for r in results)
     assert [r.config["seed"] for r in results] == [0, 0, 1]
     with pytest.raises(ValueError, match="max_models"):
         run_many(configs, train, test, max_models=0)

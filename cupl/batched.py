@@ -18,8 +18,8 @@ draw the same shapes (same seed, same reliable-set sizes) share the draws: an al
 draws each seed's dropout masks once. On the CPU the batched runs equal the runs alone up to
 float rounding (the batched matmuls add in another order; f_c's Adam is the fused form): on
 the toy tests weights within 1e-7 and the same selections; over the quick bank's 1,700
-steps per run the rounding grew to final AUC differences up to 2.7e-3 in 8 of 15 runs of the
-alpha grid, while 7 came out bit-identical (`benchmarks/sweep.py`). On CUDA `run` draws
+steps per run the rounding grew to final AUC differences up to 2.7e-3 (above 1e-4 in 4 of
+the alpha grid's 15 runs, below 1e-6 in 10 of them; `benchmarks/sweep.py`). On CUDA `run` draws
 dropout from the CUDA RNG, and a device generator seeded alike stands in here (same
 distribution, other masks).
 """

@@ -11,16 +11,17 @@ traceback and the others still run. Results go to gpu_check.json and gpu_check.m
 Steps:
 
   plan       the structure of the embedded UCF-Crime benchmark at `full` scale
-             (`cupl.data.synth.video_plan`): the 290 real test videos with their real lengths
-             and annotated intervals, the 1,610 training videos with lengths and events drawn
-             from the real distribution. The drawn training lengths add up to about 368k
-             clips, half of the real training split (about 780k clips, 12.5M frames), so
-             every training video is stretched by one factor to `--train-clips` (default
-             780,000; 0 keeps the plan's lengths); test videos keep their real lengths.
-  generate   the features, made on the device (`synthesize`): the embedded benchmark's
-             premises in a simpler form (per-video latent scene, slow drift, clip noise,
-             events along their class direction as boxes, crop noise, one fixed random
-             softplus lift to D = 2048), 10 crops, bfloat16: 7.8M train vectors, 32 GB.
+             (`cupl.data.synth.video_plan`): the 290 test and 1,610 training videos with
+             their real lengths (about 792k training clips, 12.7M frames), the test videos'
+             annotated intervals, training events drawn from the real distribution;
+             `--scale` keeps that share of each split's videos, evenly spaced. With
+             `--train-clips` every training video is stretched by one factor so that the
+             whole training split has about that many clips (default 0: real lengths).
+  generate   the features, made on the device (`cupl.data.synth_torch.build_split`): the
+             embedded benchmark's premises in a simpler form (per-video latent scene, slow
+             drift, clip noise, events along their class direction as boxes, crop noise,
+             one fixed random softplus lift to D = 2048), 10 crops, bfloat16: 7.9M train
+             vectors, 32 GB.
   warmup     a smoke-profile run on a few videos, untimed, so that library set-up and
              kernel selection are not charged to the pipeline.
   pipeline   `cupl.experiments.train.run` once with the `full` profile and bfloat16 autocast: the
@@ -41,7 +42,7 @@ Steps:
 
     python benchmarks/gpu_check.py                               # on the GPU machine
     python benchmarks/gpu_check.py --device cpu --scale 0.01 --dim 16 --crops 2 --profile smoke \\
-        --train-clips 0 --io-gb 0.0005 --skip warmup compile \\
+        --io-gb 0.0005 --skip warmup compile \\
         --set generator.steps 5 --set clip.epochs 1                 # a tiny check on the CPU
 """
 
@@ -63,13 +64,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pipeline  # noqa: E402  (benchmarks/pipeline.py: FLOP counts and tables)
+import pipeline  # benchmarks/pipeline.py, beside this script: FLOP counts and tables
+from cupl.data.synth import FRAMES_PER_CLIP
+from cupl.data.synth_torch import build_split, evenly_spaced, stretch
+from cupl.experiments.steps import sync
+from cupl.experiments.timing import StageTimer
+from cupl.files import atomic_write
+from cupl.util import parse_literal
 
 STEPS = ("plan", "generate", "warmup", "pipeline", "bank_io", "agreement", "compile")
-FRAMES_PER_CLIP = 16
-FPS = 30.0
-REAL_TRAIN_CLIPS = 780_000
 # Agreement step. "inference": the same trained f_g and f_c applied on the CPU and on the
 # device (MC-Dropout masks from the CPU generator on both): max |difference| within these.
 # Whole runs cannot agree clip by clip: stage 1's MIL loss takes a max over segments, and a
@@ -85,130 +88,6 @@ RUN_MARGIN, RUN_FLOOR = 10.0, 1e-4
 # MC-Dropout's passes are equal and the uncertainty is float noise, which must not rank
 # clips: the selection is the standard self-training's (Fig. 3), random keys drawn on the CPU.
 COMPARABLE = {"generator.dropout": 0.0, "clip.dropout": 0.0, "self_train.selection": "random"}
-
-
-# --------------------------------------------------------------------------- the data
-
-
-def stretch(plans: list, factor: float) -> list[dict]:
-    """Videos of a plan as dicts, with frames and events of each scaled by `factor` (1 keeps them)."""
-    out = []
-    for p in plans:
-        frames = max(1, round(p.num_frames * factor))
-        events = [(min(round(s * factor), frames - 1), min(max(round(e * factor), round(s * factor) + 1), frames))
-                  for s, e in p.events]
-        out.append(dict(name=p.name, label=p.label, category=p.category, num_frames=frames, events=events))
-    return out
-
-
-def clip_event_strength(lengths: torch.Tensor, event_video: torch.Tensor, event_start: torch.Tensor,
-                        event_end: torch.Tensor, amplitude: torch.Tensor,
-                        frames_per_clip: int = FRAMES_PER_CLIP) -> torch.Tensor:
-    """[N] event strength of every clip: the mean over its frames of the summed amplitudes of
-    the events covering each frame.
-
-    lengths: [V] clips per video; events e: video event_video[e], frames event_start[e] <= f <
-    event_end[e] of that video (0-based, end within the video's frames), amplitude[e].
-    Frames are laid out video after video, frames_per_clip per clip; one difference array
-    and its float64 prefix sum give every frame's strength, with no loop over videos.
-    """
-    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-    first_frame = offsets[:-1] * frames_per_clip
-    total = int(offsets[-1]) * frames_per_clip
-    diff = torch.zeros(total + 1, dtype=torch.float64, device=lengths.device)
-    amp = amplitude.double()
-    diff.index_add_(0, first_frame[event_video] + event_start, amp)
-    diff.index_add_(0, first_frame[event_video] + event_end, -amp)
-    per_frame = diff.cumsum(0)[:-1]
-    return per_frame.view(-1, frames_per_clip).mean(dim=1).float()
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def synthesize(lengths: torch.Tensor, classes: torch.Tensor, strength: torch.Tensor, *, num_classes: int,
-               dim: int, crops: int, seed: int, premises, dtype=torch.bfloat16,
-               chunk_vectors: int = 2**18) -> torch.Tensor:
-    """Clip features of a whole split, made where `lengths` lives: [N, crops, dim] in `dtype`.
-
-    lengths: [V] clips per video; classes: [V] event class of each video; strength: [N] event
-    strength per clip (`clip_event_strength`). premises: the embedded benchmark's parameters
-    (`cupl.data.synth.PREMISES`: latent size, scene, drift, noise, lift). For clip t of video v
-
-        z_t    = scene_v + sum_k a_vk cos(2 pi s_t / P_vk + phi_vk) + noise_t + strength_t d_class(v)
-        x_t,c  = g * softplus((z_t + eps_t,c) W - theta)
-
-    with s_t the clip's centre in seconds (30 fps). All random draws come from one generator
-    on the device seeded with `seed`, chunk by chunk (`chunk_vectors` vectors at a time, which
-    also bounds the float32 temporaries), so a seed and a chunk size give the same features.
-    """
-    device, p = lengths.device, premises
-    g = torch.Generator(device=device).manual_seed(seed)
-
-    def normal(*shape):
-        return torch.randn(*shape, generator=g, device=device)
-
-    def uniform(low, high, *shape):
-        return low + (high - low) * torch.rand(*shape, generator=g, device=device)
-
-    latent, k = p.latent_dim, p.drift_components
-    lift = normal(latent, dim) / math.sqrt(latent)
-    threshold = p.threshold_mean + p.threshold_std * normal(dim)
-    gain = torch.exp(p.channel_gain_log_std * normal(dim))
-    w = p.shared_anomaly_weight
-    directions = _unit(w * _unit(normal(latent)) + math.sqrt(1 - w * w) * _unit(normal(num_classes, latent)))
-    videos = len(lengths)
-    scene = p.scene_std * normal(videos, latent)
-    periods = torch.exp(uniform(math.log(p.drift_period_s[0]), math.log(p.drift_period_s[1]), videos, k))
-    phases = uniform(0.0, 2 * math.pi, videos, k)
-    drift = p.drift_std * math.sqrt(2.0 / k) * normal(videos, k, latent)
-    video = torch.repeat_interleave(torch.arange(videos, device=device), lengths)
-    starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
-    seconds = ((torch.arange(len(video), device=device) - starts[video]) * FRAMES_PER_CLIP
-               + FRAMES_PER_CLIP / 2) / FPS
-    out = torch.empty(len(video), crops, dim, dtype=dtype, device=device)
-    rows = max(1, chunk_vectors // crops)
-    for lo in range(0, len(video), rows):
-        v = video[lo:lo + rows]
-        n = len(v)
-        waves = torch.cos(2 * math.pi * seconds[lo:lo + rows, None] / periods[v] + phases[v])  # [n, K]
-        z = (scene[v] + torch.einsum("nk,nkl->nl", waves, drift[v]) + p.clip_noise_std * normal(n, latent)
-             + strength[lo:lo + rows, None] * directions[classes[v]])
-        zc = z[:, None, :] + p.crop_noise_std * normal(n, crops, latent)
-        out[lo:lo + rows] = (gain * torch.nn.functional.softplus(zc @ lift - threshold)).to(dtype)
-    return out
-
-
-def build_split(videos: list[dict], *, test: bool, num_classes: int, class_index: dict, dim: int, crops: int,
-                seed: int, device, premises, dtype=torch.bfloat16):
-    """A `cupl.data.split.Split` of the given videos, features made on `device`."""
-    from cupl.data.annotations import frame_mask
-    from cupl.data.split import Split
-
-    lengths = torch.tensor([-(-v["num_frames"] // FRAMES_PER_CLIP) for v in videos], device=device)
-    events = [(i, s, e) for i, v in enumerate(videos) for s, e in v["events"]]
-    g = torch.Generator().manual_seed(seed)
-    amplitude = premises.event_amplitude_median * torch.exp(
-        premises.event_amplitude_log_std * torch.randn(len(events), generator=g))
-    ev = torch.tensor(events, dtype=torch.long).reshape(-1, 3).to(device)
-    strength = clip_event_strength(lengths, ev[:, 0], ev[:, 1], ev[:, 2], amplitude.to(device))
-    classes = torch.tensor([class_index.get(v["category"], 0) for v in videos], device=device)
-    features = synthesize(lengths, classes, strength, num_classes=num_classes, dim=dim, crops=crops,
-                          seed=seed, premises=premises, dtype=dtype)
-    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-    masks = [frame_mask(v["events"], v["num_frames"], v["name"])[0] for v in videos] if test else None
-    return Split(features=features, offsets=offsets,
-                 labels=torch.tensor([v["label"] for v in videos], device=device),
-                 names=[v["name"] for v in videos], categories=[v["category"] for v in videos],
-                 num_frames=torch.tensor([v["num_frames"] for v in videos], device=device),
-                 frame_labels=masks, frames_per_clip=FRAMES_PER_CLIP)
-
-
-def evenly_spaced(count: int, total: int) -> list[int]:
-    """`count` indices spread over range(total) (the list order keeps the class mix)."""
-    count = max(1, min(count, total))
-    return [(i * total) // count for i in range(count)]
 
 
 # --------------------------------------------------------------------------- agreement
@@ -376,9 +255,7 @@ class Check:
         self.report["elapsed_s"] = self.elapsed()
         for name, text in (("gpu_check.json", json.dumps(self.report, indent=2, default=str)),
                            ("gpu_check.md", markdown_report(self.report))):
-            tmp = self.out / f".{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, self.out / name)
+            atomic_write(self.out / name, lambda tmp: tmp.write_text(text))
 
 
 def markdown_report(report: dict) -> str:
@@ -457,7 +334,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu, the latter with a small --scale")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the videos of each split (evenly spaced)")
-    p.add_argument("--train-clips", type=int, default=REAL_TRAIN_CLIPS,
+    p.add_argument("--train-clips", type=int, default=0,
                    help="stretch training videos so that the whole training split has about this many "
                         "clips (0 keeps the plan's lengths)")
     p.add_argument("--dim", type=int, default=2048)
@@ -477,7 +354,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=STEPS)
     p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
     args = p.parse_args(argv)
-    args.overrides = {key: _literal(value) for key, value in args.set}
+    args.overrides = {key: parse_literal(value) for key, value in args.set}
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print(f"gpu_check: CUDA is not available to torch {torch.__version__}; install a CUDA build, "
               f"or check on the CPU at a small size (--device cpu --scale 0.01 ...)", file=sys.stderr)
@@ -500,18 +377,8 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
-def _literal(text: str):
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def _plan(args, state, record):
     from cupl.data import synth
-    from cupl.data.ucf import UCF_CLASSES
 
     plans = list(synth.video_plan("ucf", "full", args.seed))
     train = [q for q in plans if q.split == "train"]
@@ -520,26 +387,20 @@ def _plan(args, state, record):
     factor = args.train_clips / plan_clips if args.train_clips else 1.0
     train = [train[i] for i in evenly_spaced(round(args.scale * len(train)), len(train))]
     test = [test[i] for i in evenly_spaced(round(args.scale * len(test)), len(test))]
-    state["train_videos"], state["test_videos"] = stretch(train, factor), stretch(test, 1.0)
-    state["classes"] = {c: i for i, c in enumerate(UCF_CLASSES)}
-    clips = lambda vs: sum(-(-v["num_frames"] // FRAMES_PER_CLIP) for v in vs)
+    state["train_videos"], state["test_videos"] = stretch(train, factor), test
     record.update(train_videos=len(train), test_videos=len(test), plan_train_clips=plan_clips, stretch=factor,
-                  train_clips=clips(state["train_videos"]), test_clips=clips(state["test_videos"]),
-                  crops=args.crops, dim=args.dim)
+                  train_clips=sum(q.num_clips for q in state["train_videos"]),
+                  test_clips=sum(q.num_clips for q in test), crops=args.crops, dim=args.dim)
 
 
 def _generate(args, state, record, check):
-    from cupl.data.synth import PREMISES
-
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    common = dict(num_classes=len(state["classes"]), class_index=state["classes"], dim=args.dim,
-                  crops=args.crops, device=device, premises=PREMISES, dtype=dtype)
     for split, seed in (("train", args.seed), ("test", args.seed + 1)):
         t0 = time.perf_counter()
-        state[split] = build_split(state[f"{split}_videos"], test=split == "test", seed=seed, **common)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        state[split] = build_split(state[f"{split}_videos"], dim=args.dim, crops=args.crops, seed=seed,
+                                   device=device, dtype=dtype)
+        sync(device)
         f = state[split].features
         check.log(f"  {split}: {tuple(f.shape)} {f.dtype} ({f.numel() * f.element_size() / 2**30:.2f} GiB) "
                   f"in {time.perf_counter() - t0:.1f} s")
@@ -612,13 +473,11 @@ def _stage1_graph(train, config, check, steps: int = 200) -> dict:
     if train.features.device.type != "cuda":
         return {"note": "CUDA only"}
     try:
-        cfg, seconds = replace(config.generator, steps=steps), {}
-        for graph in (False, True):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            train_generator(train, cfg, rng=torch.Generator().manual_seed(0), amp=config.amp, graph=graph)
-            torch.cuda.synchronize()
-            seconds["graph" if graph else "eager"] = time.perf_counter() - start
+        cfg, timer = replace(config.generator, steps=steps), StageTimer(config, train.features.device)
+        for name in ("eager", "graph"):
+            timer(f"{name}.stage1", train_generator, train, cfg, rng=torch.Generator().manual_seed(0),
+                  amp=config.amp, graph=name == "graph")
+        seconds = {name: timer.timings[f"{name}.stage1"] for name in ("eager", "graph")}
     except Exception as err:  # a side measurement: its failure must not fail the pipeline step
         check.log(f"  stage 1 eager against graph: FAILED: {type(err).__name__}: {err}")
         return {"error": f"{type(err).__name__}: {err}"}
@@ -657,10 +516,10 @@ def _context_gather(train, config, check, repeats: int = 20) -> dict:
     def best(fn) -> float:
         times = []
         for _ in range(repeats):
-            _sync_device(device)
+            sync(device)
             start = time.perf_counter()
             fn()
-            _sync_device(device)
+            sync(device)
             times.append(time.perf_counter() - start)
         return min(times) * 1e3
 
@@ -692,11 +551,6 @@ def _fc_inputs(train, config, check) -> dict:
               f"{out['table_s']:.2f} s (building it {out['table_build_s']:.2f} s), "
               f"max |difference| {out['max_abs_diff']:.1e}")
     return out
-
-
-def _sync_device(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _first_layer_paths(result, train, config, check) -> dict | None:
@@ -803,8 +657,7 @@ def _bank_io(args, state, record, check):
             t = time.perf_counter()
             with FeatureBank.open(path) as bank:
                 split = bank.load_split("train", dtype=dtype, device=device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync(device)
             return time.perf_counter() - t, split
 
         cold_s, split = read()
@@ -841,16 +694,12 @@ def _compile(args, state, record):
     cfg = type(config.clip)(**{**config.clip.__dict__, "epochs": 1})
     compiled = ClipClassifier(2 * args.dim, cfg.hidden, cfg.dropout, cfg.two_way).to(device)
     compiled.regressor = torch.compile(compiled.regressor)
-    times = {}
-    for name, model in (("eager", None), ("compiled, first epoch", compiled), ("compiled", compiled)):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        train_clip_classifier(train, labels, selected, cfg, config.self_train.window,
-                              rng=torch.Generator().manual_seed(0), model=model, amp=device.type == "cuda")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times[name] = time.perf_counter() - t0
+    timer = StageTimer(config, device)
+    runs = (("eager", None), ("compiled, first epoch", compiled), ("compiled", compiled))
+    for name, model in runs:
+        timer(f"{name}.train", train_clip_classifier, train, labels, selected, cfg, config.self_train.window,
+              rng=torch.Generator().manual_seed(0), model=model, amp=device.type == "cuda")
+    times = {name: timer.timings[f"{name}.train"] for name, _ in runs}
     record.update(seconds_per_epoch=times,
                   note=(f"one f_c epoch (batch {cfg.batch_size}): eager {times['eager']:.3f} s, compiled "
                         f"{times['compiled']:.3f} s (first compiled epoch, with compilation: "

@@ -234,54 +234,7 @@ def test_stage_rows_total(bench_pipeline):
     assert "| **total (without load)** | **3.000** |" in bench_pipeline.markdown_table(rows)
 
 
-# ---- the GPU check's data on the CPU -----------------------------------------------------
-
-def test_clip_event_strength_by_hand(gpu_check):
-    # two videos of 3 and 2 clips (16 frames each). Video 0: event [8, 24) amplitude 2 and
-    # event [20, 48) amplitude 1; video 1: event [0, 16) amplitude 4.
-    # clip 0 (frames 0-15): 8 frames at 2 -> 1.0; clip 1 (16-31): 8 at 2, 12 at 1 -> 1.75;
-    # clip 2 (32-47): 16 at 1 -> 1.0; clip 3: 16 at 4 -> 4.0; clip 4: 0.
-    strength = gpu_check.clip_event_strength(torch.tensor([3, 2]), torch.tensor([0, 0, 1]), torch.tensor([8, 20, 0]),
-                                             torch.tensor([24, 48, 16]), torch.tensor([2.0, 1.0, 4.0]))
-    torch.testing.assert_close(strength, torch.tensor([1.0, 1.75, 1.0, 4.0, 0.0]))
-
-
-def test_synthesize_without_noise(gpu_check):
-    from cupl.data.synth import PREMISES
-
-    # no scene, drift or noise: a clip without event is z = 0, x = g softplus(-theta), the
-    # same for every such clip and crop; event clips differ from it
-    quiet = dataclasses.replace(PREMISES, scene_std=0.0, drift_std=0.0, clip_noise_std=0.0, crop_noise_std=0.0)
-    strength = torch.tensor([0, 0, 2.0, 0, 0, 1.0])
-    x = gpu_check.synthesize(torch.tensor([4, 2]), torch.tensor([3, 5]), strength, num_classes=13, dim=32,
-                             crops=3, seed=0, premises=quiet, dtype=torch.float32, chunk_vectors=4)
-    assert x.shape == (6, 3, 32) and x.dtype == torch.float32
-    assert torch.equal(x[:, :1].expand_as(x), x)
-    calm = x[strength == 0]
-    assert torch.equal(calm, calm[:1].expand_as(calm))
-    assert bool((x[2] != x[0]).any()) and bool((x[5] != x[0]).any())
-
-
-def test_synthesize_is_seeded_and_nonnegative(gpu_check):
-    from cupl.data.synth import PREMISES
-
-    args = (torch.tensor([5, 3]), torch.tensor([0, 1]), torch.linspace(0, 2, 8))
-    kw = dict(num_classes=2, dim=16, crops=2, premises=PREMISES, dtype=torch.bfloat16)
-    a, b = gpu_check.synthesize(*args, seed=1, **kw), gpu_check.synthesize(*args, seed=1, **kw)
-    c = gpu_check.synthesize(*args, seed=2, **kw)
-    assert a.dtype == torch.bfloat16 and torch.equal(a, b) and not torch.equal(a, c)
-    assert bool(torch.isfinite(a).all()) and bool((a >= 0).all())
-
-
-def test_stretch_and_spacing(gpu_check):
-    from cupl.data.synth import VideoPlan
-
-    plan = VideoPlan("train", 0, "Arson001_x264", 1, "Arson", 100, ((10, 20), (90, 100)))
-    (video,) = gpu_check.stretch([plan], 2.0)
-    assert video["num_frames"] == 200 and video["events"] == [(20, 40), (180, 200)]
-    assert gpu_check.evenly_spaced(4, 10) == [0, 2, 5, 7]
-    assert gpu_check.evenly_spaced(20, 3) == [0, 1, 2]
-
+# ---- the GPU check, on the CPU at a tiny scale ---------------------------------------------
 
 def test_gpu_check_runs_on_cpu_at_tiny_scale(gpu_check, tmp_path, capsys):
     code = gpu_check.main([

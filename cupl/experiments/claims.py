@@ -217,7 +217,8 @@ def claims_map(seeds, profile: str = "quick", *, bank: str = "", cells=MAP_CELLS
             continue
         rows.append(_row(claims_cell(data, cell, seeds, profile, device=device, progress=progress,
                                      workers=workers)))
-    frame = pd.DataFrame(rows).set_index("cell")
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["cell", "premise", "level", *CLAIMS])
+    frame = frame.set_index("cell")
     frame.attrs["skipped"] = skipped
     return frame
 

@@ -246,16 +246,24 @@ def status_table(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[claims].apply(lambda col: col.map(lambda v: status(v) if isinstance(v, Verdict) else ""))
 
 
-def claim_sentence(frame: pd.DataFrame, claim: str, label: str = "level") -> str:
-    """One plain sentence: where `claim` holds, where it fails and where neither, over the rows."""
+def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every Verdict of a map or sensitivity table as "difference ± spread (status)", in points."""
+    def short(v):
+        return f"{v.difference:+.2f} ± {v.spread:.2f} ({status(v)})" if isinstance(v, Verdict) else ""
+
+    claims = [c for c in CLAIMS if c in frame.columns]
+    return frame[claims].apply(lambda col: col.map(short))
+
+
+def claim_sentence(frame: pd.DataFrame, claim: str, default: str = "the default benchmark") -> str:
+    """One plain sentence: where `claim` holds, where it fails and where neither, over the rows
+    (named by premise and level on a map, by the row name otherwise; the "default" row by `default`)."""
     groups = {"holds": [], "fails": [], "neither": []}
     for name, row in frame.iterrows():
         v = row[claim]
         if isinstance(v, Verdict):
-            where = name if label not in frame.columns else f"{row.get('premise', '')}: {row[label]}".lstrip(": ")
-            if name == "default":
-                where = "the default benchmark"
-            groups[status(v)].append(where)
+            where = f"{row['premise']} {row['level']}" if "level" in frame.columns else str(name)
+            groups[status(v)].append(default if name == "default" else where)
     parts = [f"{word} on {'; '.join(places)}" for word, places in
              (("holds", groups["holds"]), ("fails (clear, the other way)", groups["fails"]),
               ("is not clear either way", groups["neither"])) if places]

@@ -114,7 +114,9 @@ def claims_heatmap(ax, verdicts, rows, columns, limit=3.0):
             if v.judged:  # one seed: no spread, left blank
                 z[i, j] = np.clip(v.difference / v.spread, -limit, limit) if v.spread > 0 else v.sign * limit
             mark = ("holds" if v.sign > 0 else "fails") if v.clear else "n.c."
-            ax.text(j, i, f"{v.difference:+.1f} ± {v.spread:.1f}\n{mark}", ha="center", va="center", fontsize=7)
+            ink = "white" if abs(np.nan_to_num(z[i, j])) > 0.6 * limit else "black"
+            ax.text(j, i, f"{v.difference:+.1f} ± {v.spread:.1f}\n{mark}", ha="center", va="center", fontsize=7,
+                    color=ink)
     image = ax.imshow(np.nan_to_num(z), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(columns)), columns, fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)

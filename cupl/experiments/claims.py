@@ -76,7 +76,7 @@ class Cell:
 MAP_CELLS: tuple[Cell, ...] = (
     Cell("default", "none", "the default benchmark"),
     Cell("one_event", "events per abnormal video", "1", "one_event"),
-    Cell("three_spaced_events", "events per abnormal video", "3, gaps >= mean event", "three_spaced_events"),
+    Cell("three_spaced_events", "events per abnormal video", "3 with gaps >= the mean event", "three_spaced_events"),
     Cell("weak_events", "event strength", "median amplitude x0.5", "weak_events"),
     Cell("strong_events", "event strength", "median amplitude x2", "strong_events"),
     Cell("no_hard_normals", "hard-normal moments", "none", "no_hard_normals"),
@@ -262,9 +262,9 @@ def claim_sentence(frame: pd.DataFrame, claim: str, default: str = "the default 
     for name, row in frame.iterrows():
         v = row[claim]
         if isinstance(v, Verdict):
-            where = f"{row['premise']} {row['level']}" if "level" in frame.columns else str(name)
+            where = f"{row['premise']} = {row['level']}" if "level" in frame.columns else str(name)
             groups[status(v)].append(default if name == "default" else where)
-    parts = [f"{word} on {'; '.join(places)}" for word, places in
+    parts = [f"{word} on {', '.join(places)}" for word, places in
              (("holds", groups["holds"]), ("fails (clear, the other way)", groups["fails"]),
               ("is not clear either way", groups["neither"])) if places]
     return f"{CLAIM_WORDS[claim][0].upper()}{CLAIM_WORDS[claim][1:]} " + ("; ".join(parts) or "was not measured") + "."

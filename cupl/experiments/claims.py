@@ -217,6 +217,9 @@ def claims_map(seeds, profile: str = "quick", *, bank: str = "", cells=MAP_CELLS
             continue
         rows.append(_row(claims_cell(data, cell, seeds, profile, device=device, progress=progress,
                                      workers=workers)))
+        if data.pool is not None:  # each cell's bank has its own worker processes: end them with it
+            data.pool[1].shutdown()
+            data.pool = None
     frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["cell", "premise", "level", *CLAIMS])
     frame = frame.set_index("cell")
     frame.attrs["skipped"] = skipped

@@ -95,3 +95,29 @@ def iterations(ax, history, metric="auc", by="selection", label_map=None):
     ax.set_ylabel(f"{metric.upper()} (%)")
     ax.legend(fontsize=8)
     return ax
+
+
+def claims_heatmap(ax, verdicts, rows, columns, limit=3.0):
+    """One `Verdict` per (row, claim) as a grid: colour = difference / spread, clipped to
+    ±limit (blue: the paper's direction, higher for the method; red: the other way); text =
+    difference ± spread in points, with "holds" (clear, paper's direction), "fails" (clear,
+    the other way) or "n.c." (not clear).
+
+    verdicts: {(row, column): Verdict}; rows, columns: labels in drawing order.
+    """
+    z = np.full((len(rows), len(columns)), np.nan)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            v = verdicts.get((r, c))
+            if v is None:
+                continue
+            if v.judged:  # one seed: no spread, left blank
+                z[i, j] = np.clip(v.difference / v.spread, -limit, limit) if v.spread > 0 else v.sign * limit
+            mark = ("holds" if v.sign > 0 else "fails") if v.clear else "n.c."
+            ink = "white" if abs(np.nan_to_num(z[i, j])) > 0.6 * limit else "black"
+            ax.text(j, i, f"{v.difference:+.1f} ± {v.spread:.1f}\n{mark}", ha="center", va="center", fontsize=7,
+                    color=ink)
+    image = ax.imshow(np.nan_to_num(z), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    return image

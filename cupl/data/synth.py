@@ -32,7 +32,7 @@ events it has at `full` (same frame_scale).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -114,6 +114,8 @@ class Premises:
     crop_noise_std: float = 0.1
     # anomalous events: 1-3 per abnormal training video, uneven in strength and length
     events_per_video_p: tuple[float, float, float] = (0.5, 0.3, 0.2)
+    # least gap between consecutive events of a video, in units of its mean event length
+    min_event_gap: float = 0.0
     max_anomalous_fraction: float = 0.9
     shared_anomaly_weight: float = 0.6
     event_amplitude_median: float = 6.0
@@ -136,6 +138,27 @@ class Premises:
 
 
 PREMISES = Premises()
+
+# The benchmark with one premise moved at a time, for asking when the paper's claims hold
+# (book chapter 10). Levels were fixed from the premises before any run: one event or three
+# well-separated ones instead of the mix; events at half or twice the median strength; no
+# hard-normal moments or four times as many.
+PREMISE_VARIANTS: dict[str, dict] = {
+    "default": {},
+    "one_event": {"events_per_video_p": (1.0, 0.0, 0.0)},
+    "three_spaced_events": {"events_per_video_p": (0.0, 0.0, 1.0), "min_event_gap": 1.0},
+    "weak_events": {"event_amplitude_median": PREMISES.event_amplitude_median * 0.5},
+    "strong_events": {"event_amplitude_median": PREMISES.event_amplitude_median * 2.0},
+    "no_hard_normals": {"hard_normal_per_minute": 0.0},
+    "many_hard_normals": {"hard_normal_per_minute": PREMISES.hard_normal_per_minute * 4.0},
+}
+
+
+def premises_of(variant: str = "default") -> Premises:
+    """The `Premises` of a named variant (`PREMISE_VARIANTS`); ValueError naming the known ones."""
+    if variant not in PREMISE_VARIANTS:
+        raise ValueError(f"unknown premise variant {variant!r}; expected one of {sorted(PREMISE_VARIANTS)}")
+    return replace(PREMISES, **PREMISE_VARIANTS[variant])
 
 
 @dataclass(frozen=True)
@@ -216,7 +239,8 @@ def _streams(seed: int, preset: SynthPreset, split: str, index: int):
     return [np.random.Generator(np.random.PCG64(s)) for s in seq.spawn(2)]
 
 
-def video_plan(preset="ucf", profile="quick", seed=0, *, max_videos=None) -> Iterator[VideoPlan]:
+def video_plan(preset="ucf", profile="quick", seed=0, *, max_videos=None,
+               premise_variant: str = "default") -> Iterator[VideoPlan]:
     """The structure of every video of a synthetic bank, train then test, without features.
 
     Videos are the preset's real ones (`cupl.data.reference`), every `train_every`-th /
@@ -225,35 +249,38 @@ def video_plan(preset="ucf", profile="quick", seed=0, *, max_videos=None) -> Ite
     videos are unannotated) and, where a dataset does not publish them (XD-Violence), the
     training lengths.
     max_videos: keep only the first max_videos of each split (a small check of `full`).
+    premise_variant: a name of `PREMISE_VARIANTS` (the same videos, one premise moved).
     """
     preset_, profile_ = resolve(preset, profile)
     seed = _check_seed(seed)
+    premises = premises_of(premise_variant)
     real = _real(preset)
     for split in SPLITS:
         for index, video in _selection(split, profile_, real)[:max_videos]:
             rng = _streams(seed, preset_, split, index)[0]
-            yield _plan_video(split, index, video, profile_.frame_scale, real, rng)
+            yield _plan_video(split, index, video, profile_.frame_scale, real, rng, premises)
 
 
-def _plan_video(split: str, index: int, video: RealVideo, scale: int, real: _Real, rng) -> VideoPlan:
+def _plan_video(split: str, index: int, video: RealVideo, scale: int, real: _Real, rng,
+                premises: Premises) -> VideoPlan:
     real_frames = video.num_frames
     if real_frames is None:
-        real_frames = _draw_length(rng, real.test_lengths[video.label])
+        real_frames = _draw_length(rng, real.test_lengths[video.label], premises)
     num_frames = -(-real_frames // scale)
     if not video.label:
         events = ()
     elif split == "test":
         events = _subsampled(video.intervals, real_frames, scale)
     else:
-        events = _draw_events(rng, num_frames, real.anomalous_fractions)
+        events = _draw_events(rng, num_frames, real.anomalous_fractions, premises)
     return VideoPlan(split, index, video.name, video.label, video.category, num_frames, events)
 
 
-def _draw_length(rng, lengths: np.ndarray) -> int:
+def _draw_length(rng, lengths: np.ndarray, p: Premises) -> int:
     """An unpublished training length: a real test length of the same label, times a
     log-uniform jitter (`Premises.length_jitter`), so lengths follow the real distribution
     without copying it."""
-    return max(1, round(rng.choice(lengths) * math.exp(rng.uniform(*np.log(PREMISES.length_jitter)))))
+    return max(1, round(rng.choice(lengths) * math.exp(rng.uniform(*np.log(p.length_jitter)))))
 
 
 def _subsampled(intervals, real_frames: int, scale: int) -> tuple[tuple[int, int], ...]:
@@ -267,17 +294,30 @@ def _subsampled(intervals, real_frames: int, scale: int) -> tuple[tuple[int, int
     return tuple(out)
 
 
-def _draw_events(rng, num_frames: int, fractions: np.ndarray):
+def _draw_events(rng, num_frames: int, fractions: np.ndarray, p: Premises):
     """1-3 non-overlapping events covering a real-like anomalous fraction of the video,
-    split unevenly (Dirichlet(1) shares), placed uniformly at random."""
-    count = 1 + rng.choice(3, p=PREMISES.events_per_video_p)
-    fraction = min(rng.choice(fractions), PREMISES.max_anomalous_fraction)
-    budget = max(1, int(fraction * num_frames))
+    split unevenly (Dirichlet(1) shares), placed uniformly at random, consecutive events at
+    least `min_event_gap` mean event lengths (budget / count frames) apart. Where the gaps
+    do not fit beside the drawn fraction, the fraction shrinks until they do."""
+    count = 1 + rng.choice(3, p=p.events_per_video_p)
+    fraction = min(rng.choice(fractions), p.max_anomalous_fraction)
+    budget, gap = _fit_gaps(max(1, int(fraction * num_frames)), count, num_frames, p.min_event_gap)
     count = min(count, budget)
     lengths = 1 + rng.multinomial(budget - count, rng.dirichlet(np.ones(count)))
-    cuts = np.sort(rng.integers(0, num_frames - budget + 1, size=count))
-    starts = cuts + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    cuts = np.sort(rng.integers(0, num_frames - budget - (count - 1) * gap + 1, size=count))
+    starts = cuts + np.concatenate([[0], np.cumsum(lengths + gap)[:-1]])
     return tuple((int(s), int(s + n)) for s, n in zip(starts, lengths))
+
+
+def _fit_gaps(budget: int, count: int, num_frames: int, min_gap: float) -> tuple[int, int]:
+    """(anomalous frames, gap in frames): the largest budget <= `budget` whose `count` events
+    and count - 1 gaps of ceil(min_gap * budget / count) frames fit in the video."""
+    def gap(b):
+        return math.ceil(min_gap * b / count) if count > 1 else 0
+
+    while budget > 1 and budget + (count - 1) * gap(budget) > num_frames:
+        budget -= 1
+    return budget, gap(budget)
 
 
 @dataclass(frozen=True)
@@ -329,8 +369,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _world(preset: SynthPreset, profile: SynthProfile, seed: int) -> _World:
-    p = PREMISES
+def _world(preset: SynthPreset, profile: SynthProfile, seed: int, p: Premises) -> _World:
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, PRESET_CODES[preset.name]])))
     categories = load_reference(preset.name).categories
     latent, dim, classes = p.latent_dim, profile.feature_dim, len(categories)
@@ -381,10 +420,9 @@ def _oracle(events, num_frames: int, num_clips: int) -> np.ndarray:
     return _clip_means(inside[None].astype(np.float64), num_frames)[0].astype(np.float32)
 
 
-def _moments(rng, plan: VideoPlan, frame_s: float):
+def _moments(rng, plan: VideoPlan, frame_s: float, p: Premises):
     """Anomalous events and hard-normal moments: intervals [n, 2], amplitudes, ramps.
     frame_s: real seconds per frame of the plan."""
-    p = PREMISES
     events = np.array(plan.events, dtype=np.float64).reshape(-1, 2)
     minutes = plan.num_frames * frame_s / 60.0
     count = rng.poisson(p.hard_normal_per_minute * minutes)
@@ -399,10 +437,9 @@ def _moments(rng, plan: VideoPlan, frame_s: float):
     return env[:len(events)], amp_e, env[len(events):], amp_h
 
 
-def _latent(rng, plan: VideoPlan, frame_s: float, world: _World, class_index: int):
+def _latent(rng, plan: VideoPlan, frame_s: float, world: _World, class_index: int, p: Premises):
     """z [T, L] of one video and its event term (for the audio stream); frame_s: real
     seconds per frame of the plan."""
-    p = PREMISES
     T, L, K = plan.num_clips, p.latent_dim, p.drift_components
     seconds = (np.arange(T) * FRAMES_PER_CLIP + FRAMES_PER_CLIP / 2) * frame_s
     periods = np.exp(rng.uniform(*np.log(p.drift_period_s), K))
@@ -411,17 +448,17 @@ def _latent(rng, plan: VideoPlan, frame_s: float, world: _World, class_index: in
         0.0, p.drift_std * math.sqrt(2.0 / K), (K, L))
     scene = rng.normal(0.0, p.scene_std, L)
     noise = rng.normal(0.0, p.clip_noise_std, (T, L))
-    env_e, amp_e, env_h, amp_h = _moments(rng, plan, frame_s)
+    env_e, amp_e, env_h, amp_h = _moments(rng, plan, frame_s, p)
     event_strength = env_e.T @ amp_e                      # [T]
     z = (scene + drift + noise + event_strength[:, None] * world.event_dirs[class_index]
          + (env_h.T @ amp_h)[:, None] * world.hard_dir)
     return z, event_strength
 
 
-def _rgb(rng, z: np.ndarray, crops: int, world: _World, chunk=1024) -> np.ndarray:
+def _rgb(rng, z: np.ndarray, crops: int, world: _World, p: Premises, chunk=1024) -> np.ndarray:
     """[T, crops, D] float32: crops perturb the clip's latent, then the fixed map."""
     T, L = z.shape
-    zc = (z[:, None, :] + rng.normal(0.0, PREMISES.crop_noise_std, (T, crops, L))).astype(np.float32)
+    zc = (z[:, None, :] + rng.normal(0.0, p.crop_noise_std, (T, crops, L))).astype(np.float32)
     out = np.empty((T, crops, world.lift.shape[1]), dtype=np.float32)
     for t0 in range(0, T, chunk):   # bounds the temporaries of long videos
         # a stacked [t, crops, L] @ [L, D] product: a flattened 2-D one would wake BLAS
@@ -441,10 +478,10 @@ def _softplus(h: np.ndarray) -> np.ndarray:
     return h
 
 
-def _audio(rng, z: np.ndarray, event_strength: np.ndarray, world: _World, class_index: int) -> np.ndarray:
+def _audio(rng, z: np.ndarray, event_strength: np.ndarray, world: _World, class_index: int,
+           p: Premises) -> np.ndarray:
     """[T, 1, audio_dim] float32: part of the visual latent, the audio's own scene and noise,
     and the event heard with a class-specific loudness; a real-valued linear readout."""
-    p = PREMISES
     c = p.audio_coupling
     own = rng.normal(0.0, p.scene_std, p.audio_latent_dim) + rng.normal(
         0.0, p.clip_noise_std, (z.shape[0], p.audio_latent_dim))
@@ -453,16 +490,16 @@ def _audio(rng, z: np.ndarray, event_strength: np.ndarray, world: _World, class_
     return (u[:, None, :] @ world.audio_lift).astype(np.float32)   # stacked, like `_rgb`
 
 
-def _synthesise(plan: VideoPlan, rng, preset: SynthPreset, profile: SynthProfile, world: _World):
+def _synthesise(plan: VideoPlan, rng, preset: SynthPreset, profile: SynthProfile, world: _World, p: Premises):
     from cupl.data.annotations import frame_mask
     from cupl.data.bank import VideoData
 
     class_index = world.categories.index(plan.category) if plan.label else 0
     frame_s = profile.frame_scale / load_reference(preset.name).fps
-    z, event_strength = _latent(rng, plan, frame_s, world, class_index)
-    features = {"rgb": _rgb(rng, z, preset.crops or profile.crops, world)}
+    z, event_strength = _latent(rng, plan, frame_s, world, class_index, p)
+    features = {"rgb": _rgb(rng, z, preset.crops or profile.crops, world, p)}
     if preset.audio_dim:
-        features["audio"] = _audio(rng, z, event_strength, world, class_index)
+        features["audio"] = _audio(rng, z, event_strength, world, class_index, p)
     test = plan.split == "test"
     return VideoData(
         name=plan.name, split=plan.split, label=plan.label, category=plan.category,
@@ -472,26 +509,31 @@ def _synthesise(plan: VideoPlan, rng, preset: SynthPreset, profile: SynthProfile
     )
 
 
-def generate(preset="ucf", profile="quick", seed=0, *, max_videos=None) -> Iterator:
+def generate(preset="ucf", profile="quick", seed=0, *, max_videos=None, premise_variant: str = "default") -> Iterator:
     """Yield the bank's videos (`cupl.data.bank.VideoData`), train then test, one at a time.
 
     Features are float32 [T, crops, D] (and [T, 1, 128] audio for `xd`); test videos carry
     frame labels, training videos their oracle clip labels (fraction of each clip inside
-    an event). max_videos keeps the first max_videos of each split.
+    an event). max_videos keeps the first max_videos of each split. premise_variant: a name
+    of `PREMISE_VARIANTS`; every variant has the default's videos, scenes and feature map.
     """
     preset_, profile_ = resolve(preset, profile)
     seed = _check_seed(seed)
-    world = _world(preset_, profile_, seed)
-    for plan in video_plan(preset, profile, seed, max_videos=max_videos):
+    premises = premises_of(premise_variant)
+    world = _world(preset_, profile_, seed, premises)
+    for plan in video_plan(preset, profile, seed, max_videos=max_videos, premise_variant=premise_variant):
         rng = _streams(seed, preset_, plan.split, plan.index)[1]
-        yield _synthesise(plan, rng, preset_, profile_, world)
+        yield _synthesise(plan, rng, preset_, profile_, world, premises)
 
 
-def bank_attrs(preset="ucf", profile="quick", seed=0) -> dict:
-    """The dataset-level attributes of a synthetic bank."""
+def bank_attrs(preset="ucf", profile="quick", seed=0, premise_variant: str = "default") -> dict:
+    """The dataset-level attributes of a synthetic bank; a premise variant other than the
+    default is named in `source` and `premise_variant`."""
     preset_, profile_ = resolve(preset, profile)
+    variant = {} if premise_variant == "default" else {"premise_variant": premise_variant}
+    moved = f", premises {premise_variant}" if variant else ""
     return dict(
-        source=f"synthetic {preset}/{profile} seed {seed} (cupl.data.synth {GENERATOR_VERSION})",
+        source=f"synthetic {preset}/{profile} seed {seed}{moved} (cupl.data.synth {GENERATOR_VERSION})",
         feature_kind="synthetic I3D-like",
         frames_per_clip=FRAMES_PER_CLIP,
         crops=preset_.crops or profile_.crops,
@@ -499,19 +541,22 @@ def bank_attrs(preset="ucf", profile="quick", seed=0) -> dict:
         preset=preset, profile=profile, seed=int(seed), generator_version=GENERATOR_VERSION,
         frame_scale=profile_.frame_scale,
         oracle="fraction of each clip's frames inside an anomalous event",
-        premises=asdict(PREMISES),
+        premises=asdict(premises_of(premise_variant)),
+        **variant,
     )
 
 
 def write_synthetic(path, preset="ucf", profile="quick", seed=0, progress=True, *,
-                    max_videos=None, dtype="float16", overwrite: bool = False) -> Path:
-    """Generate a synthetic bank and write it to `path` atomically, video by video; an
-    existing `path` is replaced only with `overwrite`."""
+                    max_videos=None, dtype="float16", overwrite: bool = False,
+                    premise_variant: str = "default") -> Path:
+    """Generate a synthetic bank (of `premise_variant`, `PREMISE_VARIANTS`) and write it to
+    `path` atomically, video by video; an existing `path` is replaced only with `overwrite`."""
     from cupl.data.bank import write_bank
 
     preset_, profile_ = resolve(preset, profile)
+    premises_of(premise_variant)  # an unknown variant is named before any work
     real = _real(preset)
     total = sum(len(_selection(s, profile_, real)[:max_videos]) for s in SPLITS)
-    return write_bank(path, generate(preset, profile, seed, max_videos=max_videos),
-                      attrs=bank_attrs(preset, profile, seed), dtype=dtype,
+    return write_bank(path, generate(preset, profile, seed, max_videos=max_videos, premise_variant=premise_variant),
+                      attrs=bank_attrs(preset, profile, seed, premise_variant), dtype=dtype,
                       progress=progress, total=total, overwrite=overwrite)

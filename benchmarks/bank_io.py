@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import subprocess
@@ -30,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cupl.book.performance import write_result
 from cupl.data import bank as bank_module
 from cupl.data import synth
 from cupl.data.bank import FeatureBank, write_bank
-from cupl.files import atomic_write
 
 
 def read_npy_split(folder: Path, names: list[str]) -> torch.Tensor:
@@ -97,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the timings here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     if args.chunk_kib:
         bank_module.CHUNK_BYTES = args.chunk_kib * 2**10
 
@@ -151,8 +151,8 @@ def main(argv=None) -> int:
                       cpu_s={k: [warm_cpu[k], cold_cpu[k]] for k in readers},
                       cold_method=method, cold_note=note, bytes=sizes, videos=len(videos), clips=clips,
                       profile=args.profile, preset=args.preset, repeats=args.repeats,
-                      torch_threads=torch.get_num_threads(), chunk_bytes=bank_module.CHUNK_BYTES, load_average=os.getloadavg()[0])
-        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+                      torch_threads=torch.get_num_threads(), chunk_bytes=bank_module.CHUNK_BYTES)
+        write_result(args.json, result, load_before=load_before)
     return 0
 
 

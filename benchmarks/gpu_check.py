@@ -209,7 +209,9 @@ class Check:
     def __init__(self, out: Path, budget_s: float, skip: set[str]):
         self.out, self.budget_s, self.skip = out, budget_s, skip
         self.start = time.perf_counter()
-        self.report: dict = {"steps": {}}
+        # when and how it was run, as every benchmark result records it (cupl.book.performance)
+        self.report: dict = {"steps": {}, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"), "command": " ".join(["python", *sys.argv])}
         out.mkdir(parents=True, exist_ok=True)
 
     def elapsed(self) -> float:

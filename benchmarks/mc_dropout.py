@@ -13,16 +13,19 @@ markdown table. Exits with status 1 if the fast path and the same-mask passes di
 
     python benchmarks/mc_dropout.py                       # N = 20 000, M = 50, 3 repeats, CPU
     python benchmarks/mc_dropout.py --device cuda --repeats 5
+    python benchmarks/mc_dropout.py --json benchmarks/results/mc_dropout.json
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import torch
 
+from cupl.book.performance import write_result
 from cupl.experiments.timing import cpu_name
 from cupl.models import ClipClassifier, MultiHeadClassifier
 from cupl.uncertainty import mc_dropout
@@ -63,9 +66,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the results here, with the machine and date")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    load_before = os.getloadavg()
     torch.manual_seed(args.seed)
     cases = [
         ("f_g", "2048-d, K = 2, dropout 0.6", MultiHeadClassifier(2048, 2), 2048),
@@ -101,6 +106,13 @@ def main(argv=None) -> int:
     print(f"\nN = {args.clips}, M = {args.passes}, best of {args.repeats}, {args.device} ({where}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
 
+    if args.json:
+        write_result(args.json, {
+            "clips": args.clips, "passes": args.passes, "repeats": args.repeats, "device": args.device,
+            "device_name": where,
+            "models": {name: {"what": what, "train_s": r["train"], "masks_s": r["masks"], "fast_s": r["fast"],
+                              "speedup": r["train"] / r["fast"], "max_abs_diff": r["error"]}
+                       for name, what, r in rows}}, load_before=load_before)
     bad = [name for name, _, r in rows if not r["error"] <= TOLERANCE]
     if bad:
         print(f"\nfast path differs from the same-mask passes by more than {TOLERANCE} for: {', '.join(bad)}")

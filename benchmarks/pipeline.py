@@ -43,7 +43,9 @@ from pathlib import Path
 
 import torch
 
+from cupl.book.performance import benchmark_record, load_note
 from cupl.experiments.timing import cpu_name
+from cupl.files import atomic_write
 
 STAGES = ("mc_dropout", "mining", "train", "score", "evaluate")
 # dense spec TFLOP/s by card and compute dtype (vendor data sheets, without sparsity)
@@ -402,7 +404,11 @@ def main(argv=None) -> int:
     print()
     print(footer(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+        # the report's own machine description (with the GPU, if any) stays; date and command line are added
+        record = benchmark_record()
+        report.update(date=record["date"], command=record["command"],
+                      note=load_note(load_before, record["load_average"], record["machine"]["cores"]))
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str)))
     return 0
 
 

@@ -1,0 +1,163 @@
+"""The performance appendix's inputs: every committed benchmark result names its machine and
+date, and hand-made results give the verdicts worked out by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cupl.book.performance import (MET, NOT_MEASURED, NOT_MET, OLDER_FORMATS, benchmark_record, chain_runs,
+                                   goal_rows, load_results, provenance, results_table)
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def test_every_committed_result_names_its_machine_and_date():
+    results = load_results(RESULTS)
+    assert results, f"no results in {RESULTS}"
+    for name, result in results.items():
+        p = provenance(result)
+        assert p["machine"], f"{name}.json names no machine"
+        if name not in OLDER_FORMATS:
+            assert p["date"], f"{name}.json has no date (and is not listed in OLDER_FORMATS)"
+
+
+def test_older_formats_exist():
+    """A name listed as an older format that no longer exists would excuse nothing."""
+    for name in OLDER_FORMATS:
+        assert (RESULTS / f"{name}.json").is_file(), name
+
+
+def test_record_names_machine_torch_date_and_command():
+    record = benchmark_record(["benchmarks/x.py", "--json", "out file.json"])
+    assert set(record["machine"]) == {"cpu", "cores", "threads"}
+    assert record["command"] == "python benchmarks/x.py --json 'out file.json'"
+    assert record["date"].endswith("+00:00") and len(record["load_average"]) == 3
+
+
+def test_a_bad_file_is_named(tmp_path):
+    (tmp_path / "ok.json").write_text("{}")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        load_results(tmp_path)
+    (tmp_path / "broken.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="broken.json: .*JSON object"):
+        load_results(tmp_path)
+
+
+def _verdicts(rows):
+    return {(row["result"], row["goal"]): row["verdict"] for row in rows}
+
+
+def hand_made():
+    machine = {"cpu": "Test CPU", "cores": 2, "threads": 1}
+    return {
+        # speed-ups 100/8 = 12.5 and 30/5 = 6: the smaller one misses 10
+        "mc_dropout": {"models": {"f_g": {"speedup": 12.5}, "f_c": {"speedup": 6.0}}, "machine": machine,
+                       "date": "2026-01-01"},
+        # warm 0.9/1.0 met; cold 0.7/1.0 = 0.7 > 0.6 not met; checksums 0.9/0.85 = 1.06 and 0.7/0.66 = 1.06 met
+        "bank_io_full": {"npy_s": 1.0, "bank_s": 0.9, "cold_npy_s": 1.0, "cold_bank_s": 0.7,
+                         "bank_unchecked_s": 0.85, "cold_bank_unchecked_s": 0.66, "machine": machine, "date": "d"},
+        # ratio 4.2 but an AUC difference of 2e-4: not met
+        "sweep": {"ratio": 4.2, "max_abs_auc_diff": 2e-4, "machine": machine, "date": "d"},
+        # stages 3 + 1 = 4 s (load and the totals row left out) against floors 2 + 1 = 3 s: 1.33 <= 1.5, one thread
+        "pipeline_quick": {"profile": "quick", "machine": {"cpu": "Test CPU", "cpu_cores": 2, "torch_threads": 1},
+                           "date": "d", "rows": [{"stage": "load", "seconds": 9.0, "floor_s": None},
+                                                 {"stage": "stage1", "seconds": 3.0, "floor_s": 2.0},
+                                                 {"stage": "iter1.mining", "seconds": 0.0, "floor_s": None},
+                                                 {"stage": "iter1.train", "seconds": 1.0, "floor_s": 1.0},
+                                                 {"stage": "total (without load)", "seconds": 4.0, "floor_s": 3.0}]},
+        # the same at two threads is outside the goal's condition
+        "pipeline_two": {"profile": "quick", "machine": {"cpu": "Test CPU", "cpu_cores": 2, "torch_threads": 2},
+                         "date": "d", "rows": [{"stage": "stage1", "seconds": 1.0, "floor_s": 1.0}]},
+        # compute 10 + 4 = 14 s met; wall 14 + 50 = 64 s not met
+        "gpu_check_x": {"machine": {"cpu": "Host", "cpu_cores": 16, "gpu": "Test GPU"},
+                        "steps": {"pipeline": {"status": "ok", "rows": [{"stage": "load", "seconds": 99.0},
+                                                                        {"stage": "stage1", "seconds": 10.0},
+                                                                        {"stage": "iter1.train", "seconds": 4.0},
+                                                                        {"stage": "total (without load)", "seconds": 14.0}]},
+                                  "bank_io": {"status": "ok", "full_cold_s": 50.0, "gib": 2.0}}},
+    }
+
+
+def test_goal_verdicts_of_hand_made_results():
+    v = _verdicts(goal_rows(hand_made()))
+    assert v[("mc_dropout", "MC-Dropout: exact-fast path over train-mode passes")] == NOT_MET
+    assert v[("bank_io_full", "bank read, warm cache: bank against per-video .npy")] == MET
+    assert v[("bank_io_full", "bank read, cold cache: bank against per-video .npy")] == NOT_MET
+    assert v[("bank_io_full", "checksummed bank read against unchecked (slower of warm and cold)")] == MET
+    assert v[("sweep", "sweep: runs one by one against batched")] == NOT_MET
+    assert v[("pipeline_quick", "quick pipeline, one thread: stages against their floor")] == MET
+    assert v[("pipeline_two", "quick pipeline, one thread: stages against their floor")] == NOT_MEASURED
+    assert v[("gpu_check_x", "paper-scale run on one GPU: compute")] == MET
+    assert v[("gpu_check_x", "paper-scale run on one GPU: wall, with reading the training split")] == NOT_MET
+
+
+def test_measured_values_are_worked_out_by_hand():
+    rows = {(r["result"], r["goal"]): r for r in goal_rows(hand_made())}
+    assert rows[("mc_dropout", "MC-Dropout: exact-fast path over train-mode passes")]["value"] == 6.0
+    assert rows[("pipeline_quick", "quick pipeline, one thread: stages against their floor")]["value"] == \
+        pytest.approx(4 / 3)
+    assert rows[("gpu_check_x", "paper-scale run on one GPU: wall, with reading the training split")]["value"] == 64.0
+
+
+def test_goals_without_results_are_not_measured():
+    rows = goal_rows({}, runs=[])
+    assert rows and all(r["verdict"] == NOT_MEASURED for r in rows)
+    assert len(rows) == 1 + 3 + 1 + 1 + 2 + 1
+
+
+def test_met_goals_flip_when_a_number_crosses_its_target():
+    results = hand_made()
+    results["mc_dropout"]["models"]["f_c"]["speedup"] = 10.0
+    results["sweep"]["max_abs_auc_diff"] = 1e-4
+    v = _verdicts(goal_rows(results))
+    assert v[("mc_dropout", "MC-Dropout: exact-fast path over train-mode passes")] == MET
+    assert v[("sweep", "sweep: runs one by one against batched")] == MET
+
+
+def test_provenance_of_each_format():
+    assert provenance({"machine": {"cpu": "C", "cores": 2, "threads": 1}, "date": "d"})["machine"] == \
+        "C, 2 cores, 1 torch thread"
+    assert provenance({"machine": {"cpu": "C", "cpu_cores": 16, "torch_threads": 16, "gpu": "G", "torch": "2.11"}}) \
+        == {"machine": "G; host C, 16 cores, 16 torch threads", "torch": "2.11", "date": None}
+    assert provenance({"cpu": "C", "machine": "vm", "threads": 1, "date": "d"})["machine"] == "C (vm), 1 torch thread"
+    assert provenance({"meta": {"machine": "C (vm)", "date": "d"}}) == {"machine": "C (vm)", "torch": None, "date": "d"}
+    rows = results_table({"gpu_check_h200": {"machine": {"cpu": "C"}}, "x": {}})
+    assert rows[0]["date"] == "not recorded (older format)" and rows[1]["machine"] == "not recorded"
+
+
+def _book(tmp_path, records):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "_executed" / "notebooks").mkdir(parents=True)
+    names = ["01_a", "02_b", "90_performance"]
+    for name in names:
+        (tmp_path / "notebooks" / f"{name}.ipynb").write_text("{}")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n" +
+                                       "".join(f"  - file: _executed/notebooks/{n}\n" for n in names))
+    for name, (profile, seconds) in records.items():
+        (tmp_path / "_executed" / "notebooks" / f"{name}.run.json").write_text(
+            json.dumps({"parameters": {"profile": profile}, "wall_s": seconds, "finished": "t"}))
+    return chain_runs(tmp_path, skip=("90_performance",))
+
+
+def test_run_records_and_the_book_goal(tmp_path):
+    runs = _book(tmp_path, {"01_a": ("quick", 200.0), "02_b": ("quick", 350.0)})
+    assert [r["notebook"] for r in runs] == ["01_a", "02_b"]
+    book = goal_rows({}, runs)[-1]
+    assert book["verdict"] == MET and book["value"] == 550.0
+
+
+def test_the_book_goal_needs_every_chapter_at_quick(tmp_path):
+    runs = _book(tmp_path, {"01_a": ("quick", 200.0)})
+    assert runs[1] == {"notebook": "02_b", "profile": None, "seconds": None, "finished": None}
+    assert goal_rows({}, runs)[-1]["verdict"] == NOT_MEASURED
+    (tmp_path / "_executed" / "notebooks" / "02_b.run.json").write_text(
+        json.dumps({"parameters": {"profile": "smoke"}, "wall_s": 1.0}))
+    book = goal_rows({}, chain_runs(tmp_path, skip=("90_performance",)))[-1]
+    assert book["verdict"] == NOT_MEASURED and book["value"] == 201.0 and "smoke" in book["measured"]
+    (tmp_path / "_executed" / "notebooks" / "02_b.run.json").write_text(
+        json.dumps({"parameters": {"profile": "quick"}, "wall_s": 401.0}))
+    assert goal_rows({}, chain_runs(tmp_path, skip=("90_performance",)))[-1]["verdict"] == NOT_MET

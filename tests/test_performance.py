@@ -161,3 +161,18 @@ def test_the_book_goal_needs_every_chapter_at_quick(tmp_path):
     (tmp_path / "_executed" / "notebooks" / "02_b.run.json").write_text(
         json.dumps({"parameters": {"profile": "quick"}, "wall_s": 401.0}))
     assert goal_rows({}, chain_runs(tmp_path, skip=("90_performance",)))[-1]["verdict"] == NOT_MET
+
+
+def test_the_report_page_depends_on_the_runs_before_it(tmp_path):
+    from cupl.book import runner
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text("{}")
+    before = runner._measurements(tmp_path, ["01_a"])
+    record = tmp_path / "_executed" / "notebooks" / "01_a.run.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"finished": "2026-01-01T00:00:00+00:00"}')
+    after_run = runner._measurements(tmp_path, ["01_a"])
+    assert after_run != before and after_run["runs"]["01_a"] == "2026-01-01T00:00:00+00:00"
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text('{"x": 1}')
+    assert runner._measurements(tmp_path, ["01_a"])["results"] != after_run["results"]

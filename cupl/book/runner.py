@@ -36,9 +36,11 @@ from pathlib import Path
 from cupl.book.chain import EXECUTED, NotebookRun, chain_notebooks, read_record, write_record
 from cupl.book.provenance import write_provenance
 from cupl.config import ConfigError, check_value, in_range, typed
-from cupl.experiments.cache import bank_digest, default_cache, package_digest, synthetic_bank
+from cupl.experiments.cache import bank_digest, default_cache, package_digest, synthetic_bank, tree_digest
 
 PROFILES = ("smoke", "quick", "full")
+# Notebooks numbered from here on report measurements of the build (the performance appendix).
+REPORTS = 90
 
 
 class UnknownParameterError(ValueError):
@@ -120,13 +122,15 @@ def check_parameter(name: str, value):
     return value
 
 
-def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | None) -> str:
-    """What an executed copy depends on: notebook, parameters, `cupl` sources, bank."""
+def input_digest(notebook: Path, params: dict, code_digest: str, bank: str | None, measured=None) -> str:
+    """What an executed copy depends on: notebook, parameters, `cupl` sources, bank, and for a
+    page that reports measurements (`REPORTS`) the measurements: `measured`."""
     record = {
         "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
         "parameters": params,
         "cupl": code_digest,
         "bank": bank,
+        "measured": measured,
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -305,7 +309,9 @@ def run_chain(
         for i, name in enumerate(selected, 1):
             source = root / "notebooks" / f"{name}.ipynb"
             params = resolve_parameters(source, declared[name], chain, extra)
-            digest = input_digest(source, params, code, bank_hash if "bank" in declared[name] else None)
+            report = name[:2].isdigit() and int(name[:2]) >= REPORTS
+            measured = _measurements(root, selected[:i - 1]) if report else None
+            digest = input_digest(source, params, code, bank_hash if "bank" in declared[name] else None, measured)
             executed = root / EXECUTED / "notebooks" / f"{name}.ipynb"
             record_path = executed.with_suffix(".run.json")
             record = read_record(record_path)
@@ -332,6 +338,15 @@ def run_chain(
     write_provenance(root, runs, profile, bank_path, bank_hash, chain, extra)
     build_s = build_book(root, force=force, progress=progress, student=student) if build else None
     return ChainResult(runs, bank_path, build_s)
+
+
+def _measurements(root: Path, before: list[str]) -> dict:
+    """What a report page reads: the committed benchmark results and the run records of the
+    notebooks before it, so that it is executed again whenever any of them changed."""
+    results = root / "benchmarks" / "results"
+    return {"results": tree_digest(results) if results.is_dir() else None,
+            "runs": {n: (read_record(root / EXECUTED / "notebooks" / f"{n}.run.json") or {}).get("finished")
+                     for n in before}}
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ def default_workers(data: Data, device: str = "cpu") -> int:
 
     A stage-1 step of the quick profile runs only 1.2x faster on two threads than on one, so
     two one-thread processes make the runs of a sweep faster than one two-thread process
-    (the book's performance appendix, *Building the book*).
+    (measured side by side by `benchmarks/pipeline.py`).
     """
     if os.environ.get("CUPL_WORKERS"):
         try:

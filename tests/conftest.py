@@ -43,7 +43,7 @@ def load_benchmark():
     return load
 
 
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks", "benchmarks/results")
 
 
 def write_notebook(path: Path, parameters: str, *code_cells: str) -> Path:

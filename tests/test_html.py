@@ -16,6 +16,7 @@ bs4 = pytest.importorskip("bs4")
 MACHINE_PATH = re.compile(r"(?<![\w.])(/(?:work|tmp|home|root|Users|var/folders)/\S+|\.cupl-cache\S*|[A-Z]:\\\S+)")
 CHAPTER = re.compile(r"\b[Cc]hapters? \d+")
 CUT = re.compile(r"(\.\.\.|…)$")
+PANDAS_COLWIDTH = 50  # pandas cuts a cell's text to this many characters, the last three "..."
 
 
 def pages(html_root: Path) -> list[Path]:
@@ -56,9 +57,11 @@ def unlinked_chapters(html: str) -> list[str]:
 
 
 def cut_table_cells(html: str) -> list[str]:
-    """Table cells whose text pandas cut off ('...' or '…' at the end)."""
+    """Table cells whose text pandas cut off: exactly its column width long, ending in '...'
+    (a text that ends in an ellipsis of its own is left alone)."""
     soup = _soup(html)
-    return [td.get_text(strip=True) for td in soup.select("table td, table th") if CUT.search(td.get_text(strip=True))]
+    texts = (td.get_text(strip=True) for td in soup.select("table td, table th"))
+    return [t for t in texts if len(t) == PANDAS_COLWIDTH and CUT.search(t)]
 
 
 # ---------------------------------------------------------------- the checks can fail
@@ -69,11 +72,12 @@ def test_checks_find_what_they_look_for():
       <nav class="bd-links"><a href="a.html">Heads $K$</a><a href="b.html">Plain</a></nav>
       <article><p>See chapter 3 and <a href="c.html">chapter 4</a>; bank /work/main/.cupl-cache/banks/x.h5.</p>
       <pre>chapter 9 in code</pre>
-      <table><tr><td>the one calibra...</td><td>whole</td></tr></table></article></body></html>"""
+      <table><tr><td>event strength (latent units), the one calibrat...</td><td>whole ...</td></tr></table>
+      </article></body></html>"""
     assert tex_in_navigation(page) == ["Heads $K$"]
     assert machine_paths(page) == ["/work/main/.cupl-cache/banks/x.h5."]
     assert unlinked_chapters(page) == ["chapter 3"]
-    assert cut_table_cells(page) == ["the one calibra..."]
+    assert cut_table_cells(page) == ["event strength (latent units), the one calibrat..."]
 
 
 def test_checks_pass_a_clean_page():
@@ -103,7 +107,7 @@ def test_smoke_book_pages(smoke_book):
 @pytest.mark.slow
 def test_exercises_are_numbered_with_collapsed_solutions(smoke_book):
     html_root = smoke_book[0] / "_build" / "html"
-    chapters = sorted((html_root / "_executed" / "notebooks").glob("*.html"))
+    chapters = [p for p in sorted((html_root / "_executed" / "notebooks").glob("*.html")) if int(p.name[:2]) < 90]
     assert chapters
     for page in chapters:
         soup = _soup(page.read_text(encoding="utf-8"))
@@ -119,7 +123,8 @@ def test_student_edition_renders_without_solutions(smoke_book):
 
     root = smoke_book[0]
     build_book(root, progress=False, student=True)
-    chapters = sorted((root / "_build" / "student" / "_executed" / "notebooks").glob("*.html"))
+    chapters = [p for p in sorted((root / "_build" / "student" / "_executed" / "notebooks").glob("*.html"))
+                if int(p.name[:2]) < 90]
     assert chapters
     for page in chapters:
         soup = _soup(page.read_text(encoding="utf-8"))

@@ -33,6 +33,7 @@ from cupl.book.performance import write_result
 from cupl.data import bank as bank_module
 from cupl.data import synth
 from cupl.data.bank import FeatureBank, write_bank
+from cupl.files import drop_from_page_cache
 
 
 def read_npy_split(folder: Path, names: list[str]) -> torch.Tensor:
@@ -59,12 +60,8 @@ def drop_caches() -> str | None:
 def evict(paths: list[Path]):
     """Ask the kernel to forget the (clean) cached pages of `paths`."""
     for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        if not drop_from_page_cache(p):
+            raise OSError(f"{p}: this system cannot drop a file from the page cache (no posix_fadvise)")
 
 
 def timings(readers: dict, repeats: int, before=None) -> tuple[dict[str, float], dict[str, float]]:

@@ -69,7 +69,7 @@ from cupl.data.synth import FRAMES_PER_CLIP
 from cupl.data.synth_torch import build_split, evenly_spaced, stretch
 from cupl.experiments.steps import sync
 from cupl.experiments.timing import StageTimer
-from cupl.files import atomic_write
+from cupl.files import atomic_write, drop_from_page_cache
 from cupl.util import parse_literal
 
 STEPS = ("plan", "generate", "warmup", "pipeline", "bank_io", "agreement", "compile")
@@ -162,19 +162,6 @@ def run_once(train, test, *, profile: str, **settings):
 
 
 # --------------------------------------------------------------------------- bank I/O
-
-
-def drop_from_page_cache(path: Path) -> bool:
-    """Ask the kernel to forget the cached pages of one file (no root needed); False if it cannot."""
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        return True
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- the run

@@ -190,3 +190,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
     with temporary_beside(path, overwrite=overwrite, nbytes=nbytes) as tmp:
         write(tmp)
     return path
+
+
+def drop_from_page_cache(path: str | os.PathLike) -> bool:
+    """Ask the kernel to forget the cached pages of one file (no root needed), so that the next
+    read comes from the disk; False where the system has no `posix_fadvise`."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # only clean pages can be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    finally:
+        os.close(fd)

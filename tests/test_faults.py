@@ -332,3 +332,12 @@ def test_two_writers_at_once_give_one_whole_bank(tmp_path, clean):
             assert codes[seed - 1] == 0   # the bank is the one of the writer that succeeded
         assert_same(got, clean[seed])
         assert leftovers(out.parent) == ["b.h5"]
+
+
+def test_a_file_can_be_dropped_from_the_page_cache(tmp_path):
+    from cupl.files import drop_from_page_cache
+
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"\0" * 4096)
+    assert drop_from_page_cache(path) is hasattr(os, "posix_fadvise")
+    assert path.read_bytes() == b"\0" * 4096  # the file itself is untouched

@@ -12,7 +12,7 @@ from cupl.experiments.batched import (
     Streams,
     batch_key,
     dropout_noise,
-    generator_dropout_layouts,
+    generator_dropout_shapes,
     pseudo_labels_many,
     run_many,
     score_clips_many,
@@ -21,7 +21,7 @@ from cupl.experiments.batched import (
 )
 from cupl.config import make_config
 from cupl.experiments.train import pseudo_labels, run, score_clips, stage1, train_clip_classifier
-from cupl.method.models import ClipClassifier, MultiHeadClassifier
+from cupl.method.models import ClipClassifier, MultiHeadClassifier, dropout
 from cupl.method.uncertainty import dropout_masks
 from toy import toy_split
 
@@ -50,32 +50,28 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol=ATOL):
         torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=atol, msg=key)
 
 
-def test_dropout_noise_is_what_cpu_dropout_multiplies_by():
-    """F.dropout draws bernoulli(1 - p) on a tensor laid out like its input from the global RNG,
-    then scales by 1 / (1 - p); the same draws from a generator seeded alike give the same output,
-    also for an input in permuted memory order (f_g's second dropout site)."""
+def test_dropout_noise_is_what_model_dropout_multiplies_by():
+    """`dropout` draws its mask from the global RNG when given no generator; the same draws from
+    a generator seeded alike give the same output, also for an input in permuted memory order
+    (f_g's second dropout site)."""
     assert torch.equal(torch.Generator().manual_seed(5).get_state(), (torch.manual_seed(5), torch.get_rng_state())[1])
     h = torch.rand(6, 4, 2, 8)
     z = torch.einsum("...kh,kgh->...kg", h, torch.rand(2, 3, 8)) + torch.rand(2, 3)
     assert not z.is_contiguous()
     for x in (h, z):
         torch.manual_seed(3)
-        expected = F.dropout(x, 0.6, training=True)
-        noise = dropout_noise(x.shape, 0.6, torch.Generator().manual_seed(3), "cpu", stride=x.stride())
+        expected = dropout(x, 0.6, training=True)
+        noise = dropout_noise(x.shape, 0.6, torch.Generator().manual_seed(3), "cpu")
         assert torch.equal(x * noise, expected)
-        assert set(noise.unique().tolist()) <= {0.0, 1 / 0.4}
-    # drawn in logical order the permuted site would get other masks
-    torch.manual_seed(3)
-    expected = F.dropout(z, 0.6, training=True)
-    assert not torch.equal(z * dropout_noise(z.shape, 0.6, torch.Generator().manual_seed(3), "cpu"), expected)
+        assert len(noise.unique()) == 2
 
 
-def test_generator_dropout_layouts_match_the_model():
+def test_generator_dropout_shapes_match_the_model():
     cfg = tiny().generator
     model = MultiHeadClassifier(16, cfg.num_heads, cfg.hidden, cfg.dropout)
     h = model.hidden1(torch.rand(8, cfg.num_segments, 16))
     z = torch.einsum("...kh,kgh->...kg", h, model.w2) + model.b2
-    assert generator_dropout_layouts(cfg, 8, 16) == [(tuple(h.shape), h.stride()), (tuple(z.shape), z.stride())]
+    assert generator_dropout_shapes(cfg, 8, 16) == [tuple(h.shape), tuple(z.shape)]
 
 
 def test_stacked_adam_equals_torch_adam_per_model():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cupl.models import ClipClassifier, MultiHeadClassifier
+from cupl.models import ClipClassifier, Dropout, MultiHeadClassifier, dropout, dropout_mask
 
 
 def numpy_heads(model: MultiHeadClassifier, x: np.ndarray) -> np.ndarray:
@@ -94,7 +94,8 @@ def test_clip_classifier_shapes_and_layout():
     assert model(torch.randn(3, 5, 10)).shape == (3, 5)
     assert model.anomaly_logit(torch.randn(7, 10)).shape == (7,)
     kinds = [type(layer) for layer in model.regressor]
-    assert kinds == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.Dropout, nn.Linear]
+    assert kinds == [nn.Linear, nn.ReLU, Dropout, nn.Linear, Dropout, nn.Linear]
+    assert issubclass(Dropout, nn.Dropout)
     assert [model.regressor[i].weight.shape for i in (0, 3, 5)] == [(6, 10), (4, 6), (1, 4)]
     assert [model.regressor[i].p for i in (2, 4)] == [0.8, 0.8]
     released = ClipClassifier(two_way=True)  # the released checkpoint: 4096 -> 512 -> 32 -> 2
@@ -139,3 +140,44 @@ def test_bad_hyperparameters():
         MultiHeadClassifier(in_dim=4, dropout=1.0)
     with pytest.raises(ValueError, match="dropout"):
         ClipClassifier(in_dim=4, dropout=-0.1)
+
+
+def test_dropout_mask_keeps_each_unit_with_probability_one_minus_p():
+    """Keep share within 5 binomial standard deviations of 1 - p (n = 10^6: sd = 4.9e-4 at
+    p = 0.6), values 0 or the inverse of the keep probability, and a mean of 1 (unbiased)."""
+    for p in (0.6, 0.8, 0.1):
+        mask = dropout_mask((1000, 1000), p, generator=torch.Generator().manual_seed(0))
+        q = 1 - p
+        kept = (mask > 0).double().mean().item()
+        assert abs(kept - q) < 5 * (q * p / 1e6) ** 0.5
+        values = mask.unique()
+        assert len(values) == 2 and values[0] == 0
+        assert abs(values[1].item() - 1 / q) < 1e-3  # q is rounded to a multiple of 1/65536
+        assert abs(mask.double().mean().item() - 1) < 5 * (p / q / 1e6) ** 0.5
+
+
+def test_dropout_mask_entries_are_independent():
+    """Neighbouring entries (which share a 64-bit random word) keep independently: the share
+    of kept pairs is q^2 within 5 standard deviations."""
+    mask = dropout_mask((500_000, 2), 0.6, generator=torch.Generator().manual_seed(1)) > 0
+    both = (mask[:, 0] & mask[:, 1]).double().mean().item()
+    assert abs(both - 0.16) < 5 * (0.16 * 0.84 / 500_000) ** 0.5
+
+
+def test_dropout_is_seeded_and_off_in_eval():
+    x = torch.rand(4, 7, 3)
+    a = dropout(x, 0.5, generator=torch.Generator().manual_seed(2))
+    b = dropout(x, 0.5, generator=torch.Generator().manual_seed(2))
+    c = dropout(x, 0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert dropout(x, 0.5, training=False) is x and dropout(x, 0.0) is x
+    with pytest.raises(ValueError, match="p="):
+        dropout_mask((3,), 1.0)
+
+
+def test_dropout_gradient_is_the_mask():
+    x = torch.rand(5, 6, requires_grad=True)
+    y = dropout(x, 0.6, generator=torch.Generator().manual_seed(4))
+    y.sum().backward()
+    mask = dropout_mask((5, 6), 0.6, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(x.grad, mask)

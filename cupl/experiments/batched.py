@@ -12,8 +12,8 @@ Each model reproduces its run alone (`cupl.experiments.train.run`). Every model 
 streams: `explicit`, the seeded `torch.Generator` of bag draws, MC masks, random selections
 and shuffles, and `glob`, a generator holding what the global RNG holds in `run` (weight
 init and training-time dropout), seeded from `config.seed`, then `seed + 7919` for stage 2.
-Training dropout is drawn as CPU `F.dropout` draws it, ``bernoulli_(1 - p)`` on a tensor of
-the input's shape, divided by 1 - p. Models whose `glob` streams are in the same state and
+Training dropout is drawn as `cupl.method.models.dropout` draws it (`dropout_mask` of the
+input's shape). Models whose `glob` streams are in the same state and
 draw the same shapes (same seed, same reliable-set sizes) share the draws: an alpha grid
 draws each seed's dropout masks once. On the CPU the batched runs equal the runs alone up to
 float rounding (the batched matmuls add in another order; f_c's Adam is the fused form), which
@@ -42,7 +42,7 @@ from cupl.experiments.steps import sync as _sync
 from cupl.experiments.train import RunResult, prepare_split, select_reliable
 from cupl.method.evaluate import evaluate_scores
 from cupl.method.mining import context_features, context_memory
-from cupl.method.models import ClipClassifier, MultiHeadClassifier
+from cupl.method.models import ClipClassifier, MultiHeadClassifier, dropout_mask
 from cupl.method.pooling import segment_split
 from cupl.method.uncertainty import collapse_tail, dropout_masks, moments
 from cupl.util import progress as progress_bar
@@ -144,24 +144,19 @@ def init_from(glob: torch.Generator, make):
     return out
 
 
-def dropout_noise(shape, p: float, generator: torch.Generator, device, dtype=torch.float32,
-                  stride=None) -> torch.Tensor:
-    """What CPU `F.dropout(x, p, training=True)` multiplies x by: bernoulli(1 - p) / (1 - p), drawn
-    from the generator (the default one in `F.dropout`) on a tensor laid out like x, so that the
-    draws fill memory in x's order (`empty_like` keeps the strides of a permuted x)."""
-    stride = torch.empty(shape, device="meta").stride() if stride is None else stride
-    noise = torch.empty_strided(shape, stride, device=device, dtype=dtype)
-    return noise.bernoulli_(1 - p, generator=generator).div_(1 - p)
+def dropout_noise(shape, p: float, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
+    """What `cupl.method.models.dropout` multiplies an input of `shape` by, drawn from `generator`
+    (the default generator in `dropout`)."""
+    return dropout_mask(shape, p, device=device, generator=generator, dtype=dtype)
 
 
-def generator_dropout_layouts(cfg, batch: int, dim: int) -> list[tuple]:
-    """(shape, stride) of the inputs of f_g's two dropout sites in `MultiHeadClassifier.forward`
-    on `batch` bags, worked out on meta tensors with the same operations: the second site's
-    input comes out of an einsum whose memory order is head-major."""
+def generator_dropout_shapes(cfg, batch: int, dim: int) -> list[tuple]:
+    """Shapes of the inputs of f_g's two dropout sites in `MultiHeadClassifier.forward` on
+    `batch` bags, worked out on meta tensors with the same operations."""
     model = MultiHeadClassifier(dim, cfg.num_heads, cfg.hidden, cfg.dropout).to("meta")
     h = model.hidden1(torch.empty(batch, cfg.num_segments, dim, device="meta"))
     z = torch.einsum("...kh,kgh->...kg", h, model.w2) + model.b2
-    return [(tuple(t.shape), t.stride()) for t in (h, z)]
+    return [tuple(t.shape) for t in (h, z)]
 
 
 def stream_groups(keys) -> tuple[list[int], list[int]]:
@@ -299,16 +294,16 @@ def train_generators(configs: list[RunConfig], train: Split, *, amp: bool = Fals
     sizes = [group.count(g) for g in range(len(leaders))]
     broadcast = len(set(sizes)) == 1 and len(leaders) < len(order)
     p = cfg.dropout
-    layouts = generator_dropout_layouts(cfg, 2 * b, dim)
+    shapes = generator_dropout_shapes(cfg, 2 * b, dim)
     for step in progress_bar(range(cfg.steps), progress, leave=False, desc="stage 1 (f_g), batched"):
         v, c = videos[step], crops[step]
         x = segments[v, :, c]  # [N, 2B, S, D]
         noise = None
         if p > 0:
             dtype = torch.bfloat16 if amp and device.type == "cuda" else torch.float32  # the autocast output's
-            per_group = [[dropout_noise(shape, p, s.dropout, device, dtype, stride) for shape, stride in layouts]
+            per_group = [[dropout_noise(shape, p, s.dropout, device, dtype) for shape in shapes]
                          for s in streams]
-            # F.dropout draws site 1 then site 2 of a step; each leader's stream draws in that order
+            # `dropout` draws site 1 then site 2 of a step; each leader's stream draws in that order
             noise = tuple(torch.stack([m[site] for m in per_group]) for site in (0, 1))
             noise = tuple(m[:, None] if broadcast else m[index] for m in noise)
         with _autocast(device, amp):

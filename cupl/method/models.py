@@ -19,6 +19,45 @@ from torch import nn
 from torch.nn import functional as F
 
 
+# Training-time dropout draws its masks from 16-bit slices of 64-bit random words: four mask
+# entries per generator call, where `bernoulli_` makes one call per entry and took half of a
+# stage-1 step on the CPU. The keep probability is quantised to 1/65536 (0.4 -> 26214/65536,
+# off by 6e-6) and the scale is its exact inverse, so the masked output stays unbiased.
+_LEVELS = 1 << 16
+
+
+def dropout_mask(shape, p: float, *, device=None, generator: torch.Generator | None = None,
+                 dtype=torch.float32) -> torch.Tensor:
+    """An inverted-dropout mask of `shape`: each entry 0, or 1 / q with probability q ~= 1 - p.
+
+    q is 1 - p rounded to a multiple of 1/65536. Entries are independent and drawn from
+    `generator` (torch's default generator of `device` when None), in the order of a
+    contiguous tensor of `shape`, whatever the layout of the input it will multiply.
+    """
+    kept = round((1.0 - p) * _LEVELS)
+    if not 0 < kept <= _LEVELS:
+        raise ValueError(f"dropout_mask: p must leave some units, got p={p!r}")
+    n = math.prod(shape)
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, device=device,
+                          generator=generator)
+    keep = words.view(torch.int16)[:n].view(shape) < kept - (_LEVELS >> 1)
+    return keep.to(dtype).mul_(_LEVELS / kept)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Inverted dropout, as `F.dropout`, with masks from `dropout_mask`."""
+    if not training or p == 0.0:
+        return x
+    return x * dropout_mask(x.shape, p, device=x.device, generator=generator, dtype=x.dtype)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with masks from `dropout_mask` (no parameters: checkpoints are unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 def _check_last_dim(name: str, x: torch.Tensor, in_dim: int):
     if x.ndim < 1 or x.shape[-1] != in_dim:
         raise ValueError(f"{name}: expected input [..., {in_dim}], got {tuple(x.shape)}")
@@ -71,9 +110,9 @@ class MultiHeadClassifier(nn.Module):
         return self.w2, self.b2, self.w3, self.b3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.dropout(self.hidden1(x), self.dropout, self.training)
+        h = dropout(self.hidden1(x), self.dropout, self.training)
         z = torch.einsum("...kh,kgh->...kg", h, self.w2) + self.b2
-        z = F.dropout(z, self.dropout, self.training)
+        z = dropout(z, self.dropout, self.training)
         return torch.einsum("...kg,kg->...k", z, self.w3) + self.b3
 
     def anomaly_logit(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,8 +135,8 @@ class ClipClassifier(nn.Module):
         h1, h2 = hidden
         self.in_dim, self.hidden, self.dropout, self.two_way = in_dim, (h1, h2), dropout, two_way
         self.regressor = nn.Sequential(
-            nn.Linear(in_dim, h1), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(h1, h2), nn.Dropout(dropout),
+            nn.Linear(in_dim, h1), nn.ReLU(), Dropout(dropout),
+            nn.Linear(h1, h2), Dropout(dropout),
             nn.Linear(h2, 2 if two_way else 1),
         )
         for i in (0, 3, 5):

@@ -94,8 +94,9 @@ def plan(default_batch: int) -> list[dict]:
     phases = [
         ("A", per_video, decisive, default_batch),
         ("B", summed_hinge, decisive, PAPER_BATCH),  # a summed hinge ties alpha to the batch size
+        ("D", summed_reg, decisive, default_batch),
         ("C", per_video, rest, default_batch),
-        ("D", summed_reg, decisive + rest, default_batch),
+        ("D", summed_reg, rest, default_batch),
         ("E", summed_hinge, rest, PAPER_BATCH),
     ]
     runs = [{"phase": "R", "reading": REFERENCE, "switches": {"diversity": False}, "alpha": 0.0,
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="keep the runs already in OUT.json, skip them")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
     args = p.parse_args(argv)
-    from cupl.book import cpu_name
+    from cupl.experiments.timing import cpu_name
     from cupl.experiments import load_data
 
     data = load_data(args.bank, args.profile, cache=None)

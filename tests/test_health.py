@@ -1,6 +1,7 @@
 """generator_health on a stub f_g whose per-head logits are the clip features themselves,
 against values worked out by hand; is_healthy against its stated thresholds."""
 
+import json
 import math
 
 import pytest
@@ -116,6 +117,13 @@ def test_readings_sweep_plan_and_decision(load_benchmark):
     assert len({r["reading"] for r in first}) == 16
     assert first[0]["reading"] == "logit/paper/abn-bags/mil-mean/reg-mean"
     assert len(bench.plan(default_batch=32)) == 3 + 32 * 5 * 3  # no second pass at the same batch
+    # every reading at alpha 10 and 100, all seeds, before any other alpha: a sweep stopped early
+    # can still apply the decision rule
+    decisive = 3 + 32 * 2 * 3 + 16 * 2 * 3
+    assert {r["alpha"] for r in runs[3:decisive]} == {10.0, 100.0}
+    assert {r["alpha"] for r in runs[decisive:]} == {1.0, 0.1, 0.01}
+    assert {(r["reading"], r["batch_size"]) for r in runs[3:decisive]} == {(r["reading"], r["batch_size"])
+                                                                            for r in runs[3:]}
 
     def cell(reading, alpha, healthy):
         r = next(x for x in bench.readings() if bench.reading_name(x) == reading)
@@ -130,3 +138,20 @@ def test_readings_sweep_plan_and_decision(load_benchmark):
     assert bench.decide(rows)["qualifying"] == [f"{near} @ batch 16", f"{far} @ batch 16"]
     rows[4] = cell(near, 100.0, None)  # seeds missing: neither qualifies nor fails
     assert bench.decide(rows)["undecided (seeds missing)"] == [f"{near} @ batch 16"]
+
+
+def test_readings_sweep_runs_and_resumes(load_benchmark, tmp_path):
+    from cupl.experiments.cache import synthetic_bank
+
+    bench = load_benchmark("generator_readings")
+    smoke_bank = synthetic_bank("smoke", tmp_path / "cache", progress=False)
+    out = tmp_path / "readings"
+    assert bench.main(["--bank", str(smoke_bank), "--profile", "smoke", "--out", str(out), "--limit", "2"]) == 0
+    first = json.loads(out.with_suffix(".json").read_text())
+    assert len(first["runs"]) == 2 and first["runs"][0]["reading"] == bench.REFERENCE
+    assert 0.0 <= first["runs"][0]["label_auc"] <= 1.0
+    assert bench.main(["--bank", str(smoke_bank), "--profile", "smoke", "--out", str(out), "--limit", "1",
+                       "--resume"]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["runs"][:2] == first["runs"] and len(again["runs"]) == 3
+    assert "3 of 723 planned runs done" in out.with_suffix(".md").read_text()

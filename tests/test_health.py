@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cupl.data.split import Split
-from cupl.experiments.health import MAX_LABEL_MAE, MAX_SATURATED_NORMAL, MIN_AUC, generator_health, is_healthy
+from cupl.experiments.health import (MAX_LABEL_MAE, MAX_SATURATED_NORMAL, MIN_AUC, failed_criteria, generator_health,
+                                     health_note, is_healthy, seeds_health)
 
 L3, L199 = math.log(3.0), math.log(199.0)  # sigmoid: 0.75 and 0.995
 
@@ -155,3 +156,36 @@ def test_readings_sweep_runs_and_resumes(load_benchmark, tmp_path):
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["runs"][:2] == first["runs"] and len(again["runs"]) == 3
     assert "3 of 723 planned runs done" in out.with_suffix(".md").read_text()
+
+
+def test_health_note_names_each_failed_threshold():
+    good = {"label_auc": 0.81, "label_mae": 0.19, "saturated_normal": 0.0, "seeds": 3}
+    assert failed_criteria(good) == []
+    note = health_note(good)
+    assert note.startswith("The stage-1 generator this chapter rests on is healthy")
+    assert "over 3 seeds" in note and "AUC 0.81" in note and "0.19 from the truth" in note
+    bad = {**good, "label_auc": 0.74, "saturated_normal": 0.5}
+    assert failed_criteria(bad) == ["pseudo-label AUC ≥ 0.75", "at most 25 % of normal clips scored above 0.99"]
+    note = health_note(bad)
+    assert "is unhealthy" in note and "AUC 0.74" in note and "50 %" in note and "outside its working regime" in note
+    assert failed_criteria({**good, "label_mae": float("nan")}) == ["mean |label − oracle| ≤ 0.3"]
+    assert "cannot be measured" in health_note(None)
+
+
+def test_seeds_health_is_the_mean_over_the_chapters_generators(tmp_path):
+    from cupl.config import make_config
+    from cupl.experiments import load_data
+    from cupl.experiments.cache import synthetic_bank
+    from cupl.experiments.train import stage1
+
+    data = load_data(synthetic_bank("smoke", tmp_path / "cache", progress=False), "smoke", cache=None)
+    overrides = {"generator.steps": 5}
+    health = seeds_health(data, 2, profile="smoke", **overrides)
+    per_seed = [generator_health(stage1(make_config("ucf", "smoke", seed=s, **overrides), data.train), data.train,
+                                 data.oracle) for s in (0, 1)]
+    assert health["seeds"] == 2
+    for key in ("label_auc", "label_mae", "saturated_normal"):
+        assert health[key] == pytest.approx((per_seed[0][key] + per_seed[1][key]) / 2, abs=1e-12)
+    assert len(data.generators) == 2  # kept for the chapter's runs
+    data.oracle = None
+    assert seeds_health(data, 2, profile="smoke") is None

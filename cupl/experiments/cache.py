@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from cupl.config import RunConfig, to_dict
-from cupl.experiments.train import RunResult, run
+from cupl.experiments.train import RunResult, run, stage1
 from cupl.files import atomic_write
 from cupl.method.losses import completeness_terms
 
@@ -248,6 +248,16 @@ def store_stage1(data: "Data", key: tuple, model) -> None:
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
         write_entry(path, buffer.getvalue())
+
+def stage1_model(data: "Data", config: RunConfig):
+    """The f_g that a run of `config` on `data` trains: from memory or the disk cache, else
+    trained now (`train.stage1`) and kept for the runs that follow."""
+    key = stage1_key(config)
+    model = load_stage1(data, key, config)
+    if model is None:
+        model = stage1(config, data.train)
+        store_stage1(data, key, model)
+    return model
 
 def load_run(data: "Data", run_key: str) -> RunResult | None:
     """A run's results from the disk cache: config, metrics, history and timings, without

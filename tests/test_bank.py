@@ -333,3 +333,16 @@ def test_wrong_version_and_incomplete_banks(bank_path, tmp_path):
         del f["index/test"]
     with pytest.raises(BankError, match="partial.h5: incomplete feature bank"):
         FeatureBank.open(partial)
+
+
+def test_read_runs_are_planned_in_full_buffers():
+    """Worked by hand: videos of 3, 0, 7 and 2 clips through a 4-row buffer."""
+    from cupl.data.bank import _plan_runs
+
+    assert _plan_runs(["a", "b", "c", "d"], np.array([3, 0, 7, 2]), 4) == [
+        (0, 4, [("a", 0, 3, 0), ("c", 0, 1, 3)], 1),
+        (4, 8, [("c", 1, 5, 0)], 0),
+        (8, 12, [("c", 5, 7, 0), ("d", 0, 2, 2)], 2),
+    ]
+    assert _plan_runs(["a"], np.array([4]), 4) == [(0, 4, [("a", 0, 4, 0)], 1)]
+    assert _plan_runs(["a"], np.array([0]), 4) == []

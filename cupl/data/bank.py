@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,6 +368,26 @@ def _from_attr(value):
 # --------------------------------------------------------------------------- reading
 
 
+def _plan_runs(names, lengths: np.ndarray, rows: int) -> list[tuple]:
+    """The runs `_read_chunks` reads: (lo, hi, pieces, videos finished) with pieces
+    [(name, start, stop, at)], the clips start..stop of a video going to row `at` of a run
+    buffer of `rows` rows; every run but the last is full."""
+    runs, pieces, lo, filled, finished = [], [], 0, 0, 0
+    for name, n in zip(names, lengths.tolist()):
+        start = 0
+        while start < n:
+            take = min(n - start, rows - filled)
+            pieces.append((name, start, start + take, filled))
+            start, filled = start + take, filled + take
+            finished += start == n
+            if filled == rows:
+                runs.append((lo, lo + filled, pieces, finished))
+                pieces, lo, filled, finished = [], lo + filled, 0, 0
+    if pieces:
+        runs.append((lo, lo + filled, pieces, finished))
+    return runs
+
+
 class FeatureBank:
     """A feature bank opened read-only. Use `FeatureBank.open(path)`, ideally in a `with`."""
 
@@ -512,6 +533,7 @@ class FeatureBank:
         from cupl.data.split import Split
 
         dtype = torch.float32 if dtype is None else dtype
+        files.read_ahead(self.path)
         table = self._table(split)
         names = table["names"]
         if not names:
@@ -569,10 +591,12 @@ class FeatureBank:
         """Yield (lo, hi, x) over runs of rows: x [hi - lo, C, D] are rows lo..hi of the split
         (video v's first lengths[v] clips, in list order) on `device`, in the stored dtype.
 
-        On the CPU a run fills `READ_CHUNK_BYTES`, small enough to stay in the CPU cache until
-        it is converted; long videos are read in pieces. On CUDA a run fills
-        `PINNED_READ_BYTES`; two pinned buffers alternate, and a buffer is refilled only after
-        its copy to the device ended. x is only valid until the next run is read.
+        A run fills `READ_CHUNK_BYTES` on the CPU, small enough to stay in the CPU cache until it
+        is converted, and `PINNED_READ_BYTES` of pinned memory on CUDA; long videos are read in
+        pieces. Two buffers alternate: a reader thread fills the next run (HDF5 read and
+        checksums) while the caller converts the last one (or, on CUDA, while it is copied), and
+        a buffer is refilled only once its run has been used. x is only valid until the next
+        run is yielded.
         """
         import torch
         from tqdm import tqdm
@@ -583,25 +607,29 @@ class FeatureBank:
         pinned = device.type == "cuda"
         rows = max(1, (PINNED_READ_BYTES if pinned else READ_CHUNK_BYTES) // row_bytes)
         stored = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
-        buffers = [torch.empty((rows, *first.shape[1:]), dtype=stored, pin_memory=pinned)
-                   for _ in range(2 if pinned else 1)]
+        buffers = [torch.empty((rows, *first.shape[1:]), dtype=stored, pin_memory=pinned) for _ in range(2)]
         copied = [None] * len(buffers)
+        runs = _plan_runs(names, lengths, rows)
         bar = tqdm(total=len(names), disable=not progress, unit="video", desc=f"{split} {modality}")
-        lo, slot, filled = 0, 0, 0
-        host = buffers[0].numpy()
-        for name, n in zip(names, lengths.tolist()):
-            start = 0
-            while start < n:
-                take = min(n - start, rows - filled)
-                self._read_rows(split, name, modality, start, start + take, host[filled:filled + take])
-                start, filled = start + take, filled + take
-                if filled == rows:
-                    yield lo, lo + filled, self._send(buffers, copied, slot, filled, device)
-                    lo, filled, slot = lo + filled, 0, (slot + 1) % len(buffers)
-                    host = self._claim(buffers, copied, slot)
-            bar.update()
-        if filled:
-            yield lo, lo + filled, self._send(buffers, copied, slot, filled, device)
+
+        def fill(slot: int, pieces) -> None:
+            host = self._claim(buffers, copied, slot)
+            for name, start, stop, at in pieces:
+                self._read_rows(split, name, modality, start, stop, host[at:at + stop - start])
+
+        with ThreadPoolExecutor(1, thread_name_prefix="bank-read") as reader:
+            pending = reader.submit(fill, 0, runs[0][2]) if runs else None
+            for i, (lo, hi, _, done) in enumerate(runs):
+                pending.result()
+                if i + 1 < len(runs):
+                    pending = reader.submit(fill, (i + 1) % 2, runs[i + 1][2])
+                try:
+                    yield lo, hi, self._send(buffers, copied, i % 2, hi - lo, device)
+                except GeneratorExit:
+                    pending.cancel()
+                    raise
+                bar.update(done)
+        bar.update(bar.total - bar.n)  # videos without clips
         bar.close()
 
     def _read_rows(self, split: str, name: str, modality: str, start: int, stop: int, out: np.ndarray):

@@ -34,7 +34,7 @@ def main(args) -> int:
                                      batch_size=args.batch_size, device=args.device,
                                      progress=not args.no_progress)
     except (CheckpointError, ValueError) as err:
-        print(f"cupl evaluate: {err}")
+        print(f"cupl evaluate: {err}", file=sys.stderr)
         return 1
     clip_scores = result.pop("clip_scores")
     print(f"{result['num_videos']} test videos of {args.bank}, {result['modality']}, w = {result['window']}")

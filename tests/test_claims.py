@@ -126,3 +126,19 @@ def test_sensitivity_flips_one_choice_at_a_time_and_skips_crops_on_one_crop(bank
     crops = [c for c in claims.SENSITIVITY if c.needs_crops]
     skipped = claims.sensitivity(one_crop, [0, 1], "smoke", choices=crops)
     assert not calls and "one crop" in skipped.loc["crops = mean", "skipped"]
+
+
+def test_every_two_valued_open_choice_is_flipped_once():
+    from cupl.config import CHOICES, check_value, make_config, to_dict
+
+    defaults = to_dict(make_config("ucf"))
+    for key in claims.FLIPPED:
+        section, name = key.split(".")
+        default, flipped = defaults[section][name], claims.flip(key)
+        assert flipped != default and check_value(key, flipped) == flipped
+        assert isinstance(default, bool) or set(CHOICES[key]) == {default, flipped}
+    two_valued = {k for k, v in CHOICES.items() if len(v) == 2 and k not in ("crops",)}
+    assert two_valued <= set(claims.FLIPPED)  # crops: its own row, on banks with several crops
+    with pytest.raises(ValueError, match="3 settings"):
+        claims.flip("self_train.selection")
+    assert [c.name for c in claims.SENSITIVITY].count("default") == 1

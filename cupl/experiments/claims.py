@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cupl.config import PROFILES, make_config
+from cupl.config import CHOICES, PROFILES, make_config, to_dict
 from cupl.experiments.cache import default_cache, load_stage1, stage1_key, synthetic_bank
 from cupl.experiments.loading import Data, load_data
 from cupl.experiments.paper import TABLE4_GAINS
@@ -95,17 +95,34 @@ class Choice:
     needs_crops: bool = False
 
 
-# The config has no generator reductions or norm_form switch, so they have no row.
+# Every open choice with two settings, flipped from its default one at a time: the readings of
+# Eq. 1-7, the stage-2 lineage choices, normal-clip labels, f_c's re-initialisation and budget.
+FLIPPED = ("generator.head_scores", "generator.norm_form", "generator.diversity_on_normal",
+           "generator.mil_reduction", "generator.regularizer_reduction", "self_train.normal_labels",
+           "clip.reinit", "clip.budget", "clip.batches", "clip.loss", "self_train.refine")
+
+
+def flip(key: str, preset: str = "ucf"):
+    """The other setting of the two-valued open choice `key` (a bool, or a key of
+    `cupl.config.CHOICES`), from the preset's default."""
+    value = to_dict(make_config(preset))
+    for part in key.split("."):
+        value = value[part]
+    if isinstance(value, bool):
+        return not value
+    others = [v for v in CHOICES[key] if v != value]
+    if len(others) != 1:
+        raise ValueError(f"flip: {key} has {len(others) + 1} settings, not two")
+    return others[0]
+
+
+def _flip_name(key: str, value) -> str:
+    return f"{key} = {value}"
+
+
 SENSITIVITY: tuple[Choice, ...] = (
     Choice("default"),
-    Choice("generator.head_scores = logits", {"generator.head_scores": "logits"}),
-    Choice("generator.diversity_on_normal = True", {"generator.diversity_on_normal": True}),
-    Choice("self_train.normal_labels = pseudo", {"self_train.normal_labels": "pseudo"}),
-    Choice("clip.reinit = False", {"clip.reinit": False}),
-    Choice("clip.budget = epochs", {"clip.budget": "epochs"}),
-    Choice("clip.batches = shuffled", {"clip.batches": "shuffled"}),
-    Choice("clip.loss = weighted", {"clip.loss": "weighted"}),
-    Choice("self_train.refine = smooth_minmax", {"self_train.refine": "smooth_minmax"}),
+    *(Choice(_flip_name(key, flip(key)), {key: flip(key)}) for key in FLIPPED),
     Choice("clip.mc_passes = 50", {"clip.mc_passes": 50}),
     Choice("crops = mean", {"crops": "mean"}, needs_crops=True),
 )

@@ -52,9 +52,8 @@ CHECKSUM = True
 LIBVER = ("v110", "v114")
 # Room kept for a video's group, attributes and chunk index when checking the free space.
 VIDEO_OVERHEAD_BYTES = 64 * 2**10
-# None: float16 features barely compress (lzf files come out larger than uncompressed
-# contiguous ones, gzip 11 % smaller), and an uncompressed split reads 1.5x faster than lzf and
-# 5x faster than gzip (book/data.md).
+# None: float16 I3D-like features barely compress, and every compression filter makes a split
+# slower to read (`write_bank(..., compression=...)` still writes them; book/data.md).
 COMPRESSION = None
 # Host memory a split is read through: on the CPU one buffer that stays in the CPU cache
 # between reading and converting; on CUDA two pinned buffers, large for fast copies.

@@ -223,7 +223,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS / "generator_readings"), help="results path without suffix")
     p.add_argument("--resume", action="store_true", help="keep the runs already in OUT.json, skip them")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="make only every N-th missing run, from the K-th (0-based), into OUT-shardK; "
+                        "run N of them side by side, then --merge")
+    p.add_argument("--merge", action="store_true", help="fold the runs of OUT-shard*.json into OUT and exit")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from cupl.experiments.timing import cpu_name
     from cupl.experiments import load_data
 
@@ -233,12 +240,34 @@ def main(argv=None) -> int:
     out = Path(args.out)
     default_batch = make_config("ucf", args.profile).generator.batch_size
     runs = plan(default_batch)
-    done = json.loads(out.with_suffix(".json").read_text())["runs"] if args.resume and out.with_suffix(".json").exists() else []
+    done = json.loads(out.with_suffix(".json").read_text())["runs"] if (args.resume or args.merge or args.shard) \
+        and out.with_suffix(".json").exists() else []
+    if args.merge:
+        keys = {run_key(r) for r in done}
+        for shard in sorted(out.parent.glob(f"{out.name}-shard*.json")):
+            extra = [r for r in json.loads(shard.read_text())["runs"] if run_key(r) not in keys]
+            done += extra
+            keys |= {run_key(r) for r in extra}
+        order = {run_key(r): i for i, r in enumerate(runs)}
+        done.sort(key=lambda r: order.get(run_key(r), len(order)))
+        meta = json.loads(out.with_suffix(".json").read_text())["meta"] if out.with_suffix(".json").exists() else {}
+        write(out, meta, done, runs)
+        print(f"{len(done)} of {len(runs)} runs in {out.with_suffix('.json')}")
+        return 0
     meta = {"bank": data.path.name, "profile": args.profile, "machine": f"{cpu_name()} ({platform.node()})",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     keys = {run_key(r) for r in done}
-    todo = [r for r in runs if run_key(r) not in keys][:args.limit]
+    todo = [r for r in runs if run_key(r) not in keys]
+    if args.shard:
+        k, n = (int(x) for x in args.shard.split("/"))
+        if not 0 <= k < n:
+            raise SystemExit(f"--shard {args.shard}: K must be in 0..N-1")
+        todo, out = todo[k::n], out.with_name(f"{out.name}-shard{k}")
+        done = json.loads(out.with_suffix(".json").read_text())["runs"] if out.with_suffix(".json").exists() else []
+        keys = {run_key(r) for r in done}
+        todo = [r for r in todo if run_key(r) not in keys]
+    todo = todo[:args.limit]
     print(f"{len(runs)} runs planned, {len(done)} done, {len(todo)} to run now", flush=True)
     for i, run in enumerate(todo):
         result = measure(data, run, args.profile)

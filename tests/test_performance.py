@@ -176,3 +176,23 @@ def test_the_report_page_depends_on_the_runs_before_it(tmp_path):
     assert after_run != before and after_run["runs"]["01_a"] == "2026-01-01T00:00:00+00:00"
     (tmp_path / "benchmarks" / "results" / "a.json").write_text('{"x": 1}')
     assert runner._measurements(tmp_path, ["01_a"])["results"] != after_run["results"]
+
+
+def test_readings_decision_and_summary_from_a_result_file():
+    from cupl.book.performance import readings_decision, readings_summary
+
+    row = {"reading": "sig/paper", "alpha": 10.0, "batch_size": 16, "seeds": [0, 1, 2], "label_auc": 0.8,
+           "label_mae": 0.2, "saturated_normal": 0.0, "healthy": True, "healthy_provisional": True}
+    partial = {**row, "alpha": 100.0, "seeds": [0], "healthy": None, "healthy_provisional": False}
+    result = {"summary": [row, partial], "runs": [{}] * 4, "missing": [{}] * 2,
+              "decision": {"choice": "sig/paper @ batch 16", "qualifying": ["sig/paper @ batch 16", "x @ batch 16"],
+                           "undecided (seeds missing)": []}}
+    rows = readings_summary(result)
+    assert [r["healthy"] for r in rows] == ["yes", "(no)"] and [r["seeds"] for r in rows] == [3, 1]
+    assert rows[0]["label AUC"] == 0.8 and rows[1]["alpha"] == 100.0
+    assert readings_decision(result) == ("4 of 6 planned runs made; the rule chooses sig/paper @ batch 16; "
+                                         "1 more qualifies, further from the text.")
+    result["decision"] = {"choice": None, "qualifying": [], "undecided (seeds missing)": ["a", "b"]}
+    assert readings_decision(result).endswith("no reading is chosen: 2 readings still lack seeds at alpha = 10 or 100.")
+    result["decision"]["undecided (seeds missing)"] = []
+    assert readings_decision(result).endswith("no reading is healthy at alpha = 10 and unhealthy at alpha = 100.")

@@ -277,3 +277,41 @@ def chain_runs(root: str | Path, skip: tuple[str, ...] = ()) -> list[dict]:
             rows.append({"notebook": name, "profile": record.get("parameters", {}).get("profile"),
                          "seconds": record["wall_s"], "finished": record.get("finished")})
     return rows
+
+
+READINGS_COLUMNS = {"reading": "reading", "alpha": "alpha", "batch_size": "batch", "seeds": "seeds",
+                    "label_auc": "label AUC", "label_mae": "mean |label - oracle|",
+                    "saturated_normal": "normal clips > 0.99", "healthy": "healthy"}
+
+
+def readings_summary(result: dict) -> list[dict]:
+    """The rows of a `benchmarks/generator_readings.py` result, one per (reading, alpha, batch):
+    the mean health over its seeds and the verdict ("yes", "no", or "(yes)" / "(no)" while
+    seeds are missing), with the columns of READINGS_COLUMNS."""
+    rows = []
+    for r in result.get("summary", []):
+        healthy = r["healthy"]
+        verdict = {True: "yes", False: "no"}[healthy] if healthy is not None else \
+            f"({'yes' if r['healthy_provisional'] else 'no'})"
+        row = {label: r[key] for key, label in READINGS_COLUMNS.items() if key != "healthy"}
+        row["seeds"] = len(r["seeds"])
+        rows.append({**row, "healthy": verdict})
+    return rows
+
+
+def readings_decision(result: dict) -> str:
+    """The decision rule's outcome in one sentence, from the result's own fields."""
+    decision = result.get("decision", {})
+    missing = len(result.get("missing", []))
+    runs = len(result.get("runs", []))
+    done = f"{runs} of {runs + missing} planned runs made"
+    choice = decision.get("choice")
+    undecided = decision.get("undecided (seeds missing)", [])
+    if choice is None:
+        why = (f"{len(undecided)} readings still lack seeds at alpha = 10 or 100" if undecided
+               else "no reading is healthy at alpha = 10 and unhealthy at alpha = 100")
+        return f"{done}; no reading is chosen: {why}."
+    others = [q for q in decision.get("qualifying", []) if q != choice]
+    also = f"; {len(others)} more {'qualifies' if len(others) == 1 else 'qualify'}, further from the text" if others else ""
+    open_ = f"; {len(undecided)} readings are still undecided" if undecided else ""
+    return f"{done}; the rule chooses {choice}{also}{open_}."

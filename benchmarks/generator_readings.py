@@ -13,7 +13,8 @@ Runs go in a fixed order (`plan`), so a sweep stopped early has covered every re
 alpha = 10 and 100 first, after three reference runs without L_diver and L_norm. Results are rewritten after every run to
 benchmarks/results/generator_readings.{json,md}; --resume skips the runs already there.
 
-Decision rule (fixed before any result was seen; reported, not applied to the config): the
+Decision rule (fixed before any result was seen; its choice is written into the defaults of
+`cupl.config.GeneratorConfig` by hand, once every seed at alpha = 10 and 100 has run): the
 default becomes the reading under which alpha = 10 is healthy and alpha = 100 is not, as in
 the paper's Table 6 (86.22 at alpha = 10, 75.06 at 100). If several qualify, the one closest
 to the text (`text_distance`). Since this choice uses Table 6, Table 6's peak at alpha = 10 is

@@ -189,3 +189,18 @@ def test_seeds_health_is_the_mean_over_the_chapters_generators(tmp_path):
     assert len(data.generators) == 2  # kept for the chapter's runs
     data.oracle = None
     assert seeds_health(data, 2, profile="smoke") is None
+
+
+def test_the_default_reading_is_the_recorded_choice_of_the_readings_rule(load_benchmark):
+    """The defaults of GeneratorConfig are the reading that the committed sweep's rule chose."""
+    from cupl.config import make_config
+
+    bench = load_benchmark("generator_readings")
+    result = json.loads((bench.RESULTS / "generator_readings.json").read_text())
+    assert result["decision"] == bench.decide(bench.summarise(result["runs"]))  # the file agrees with its runs
+    choice = result["decision"]["choice"]
+    assert choice is not None and not result["decision"]["undecided (seeds missing)"]
+    reading, batch = choice.split(" @ batch ")
+    [switches] = [r for r in bench.readings() if bench.reading_name(r) == reading]
+    g = make_config("ucf", "quick").generator
+    assert {k: getattr(g, k) for k in switches} == switches and int(batch) == g.batch_size

@@ -853,7 +853,7 @@ def test_evaluate_window_is_checked_and_a_different_one_warned(bank, checkpoint_
         evaluate_checkpoint(checkpoint_file, bank, window=0, progress=False)
     assert cli_main(["evaluate", "--checkpoint", str(checkpoint_file), "--bank", str(bank), "--no-progress",
                      "--window", "0"]) == 1
-    assert "window must be in [1, inf), got 0" in capsys.readouterr().out
+    assert "window must be in [1, inf), got 0" in capsys.readouterr().err
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         same = evaluate_checkpoint(checkpoint_file, bank, progress=False)

@@ -134,22 +134,21 @@ def _hinge(seg_logits: torch.Tensor, abnormal_video: torch.Tensor) -> dict[str, 
             "hinge_grad": float((slope * active).mean().item())}
 
 
-def is_healthy(health: dict[str, float]) -> bool:
-    """The thresholds above: label_auc >= MIN_AUC, label_mae <= MAX_LABEL_MAE and
-    saturated_normal <= MAX_SATURATED_NORMAL (a NaN fails)."""
-    return bool(health["label_auc"] >= MIN_AUC and health["label_mae"] <= MAX_LABEL_MAE
-                and health["saturated_normal"] <= MAX_SATURATED_NORMAL)
-
-
 CRITERIA = {"label_auc": f"pseudo-label AUC ≥ {MIN_AUC}", "label_mae": f"mean |label − oracle| ≤ {MAX_LABEL_MAE}",
             "saturated_normal": f"at most {100 * MAX_SATURATED_NORMAL:.0f} % of normal clips scored above 0.99"}
 
 
 def failed_criteria(health: dict[str, float]) -> list[str]:
-    """The thresholds of `is_healthy` that `health` misses (a NaN misses), in CRITERIA's words."""
+    """The health thresholds above that `health` misses (a NaN misses), in CRITERIA's words."""
     passed = {"label_auc": health["label_auc"] >= MIN_AUC, "label_mae": health["label_mae"] <= MAX_LABEL_MAE,
               "saturated_normal": health["saturated_normal"] <= MAX_SATURATED_NORMAL}
     return [CRITERIA[k] for k, ok in passed.items() if not ok]
+
+
+def is_healthy(health: dict[str, float]) -> bool:
+    """The thresholds above: label_auc >= MIN_AUC, label_mae <= MAX_LABEL_MAE and
+    saturated_normal <= MAX_SATURATED_NORMAL (a NaN fails)."""
+    return not failed_criteria(health)
 
 
 def seeds_health(data: "Data", seeds, *, profile: str, variant: str = "full", **overrides) -> dict[str, float] | None:

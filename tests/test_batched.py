@@ -11,7 +11,6 @@ from cupl.experiments.batched import (
     StackedGenerators,
     Streams,
     batch_key,
-    dropout_noise,
     generator_dropout_shapes,
     pseudo_labels_many,
     run_many,
@@ -21,7 +20,7 @@ from cupl.experiments.batched import (
 )
 from cupl.config import make_config
 from cupl.experiments.train import pseudo_labels, run, score_clips, stage1, train_clip_classifier
-from cupl.method.models import ClipClassifier, MultiHeadClassifier, dropout
+from cupl.method.models import ClipClassifier, MultiHeadClassifier, dropout, dropout_mask
 from cupl.method.uncertainty import dropout_masks
 from toy import toy_split
 
@@ -50,7 +49,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol=ATOL):
         torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=atol, msg=key)
 
 
-def test_dropout_noise_is_what_model_dropout_multiplies_by():
+def test_model_dropout_draws_its_masks_from_the_global_generator():
     """`dropout` draws its mask from the global RNG when given no generator; the same draws from
     a generator seeded alike give the same output, also for an input in permuted memory order
     (f_g's second dropout site)."""
@@ -61,7 +60,7 @@ def test_dropout_noise_is_what_model_dropout_multiplies_by():
     for x in (h, z):
         torch.manual_seed(3)
         expected = dropout(x, 0.6, training=True)
-        noise = dropout_noise(x.shape, 0.6, torch.Generator().manual_seed(3), "cpu")
+        noise = dropout_mask(x.shape, 0.6, generator=torch.Generator().manual_seed(3))
         assert torch.equal(x * noise, expected)
         assert len(noise.unique()) == 2
 

@@ -312,6 +312,7 @@ def readings_decision(result: dict) -> str:
                else "no reading is healthy at alpha = 10 and unhealthy at alpha = 100")
         return f"{done}; no reading is chosen: {why}."
     others = [q for q in decision.get("qualifying", []) if q != choice]
-    also = f"; {len(others)} more {'qualifies' if len(others) == 1 else 'qualify'}, further from the text" if others else ""
+    verb = "qualifies" if len(others) == 1 else "qualify"
+    also = f"; {len(others)} more {verb}, further from the text" if others else ""
     open_ = f"; {len(undecided)} readings are still undecided" if undecided else ""
     return f"{done}; the rule chooses {choice}{also}{open_}."

@@ -144,12 +144,6 @@ def init_from(glob: torch.Generator, make):
     return out
 
 
-def dropout_noise(shape, p: float, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
-    """What `cupl.method.models.dropout` multiplies an input of `shape` by, drawn from `generator`
-    (the default generator in `dropout`)."""
-    return dropout_mask(shape, p, device=device, generator=generator, dtype=dtype)
-
-
 def generator_dropout_shapes(cfg, batch: int, dim: int) -> list[tuple]:
     """Shapes of the inputs of f_g's two dropout sites in `MultiHeadClassifier.forward` on
     `batch` bags, worked out on meta tensors with the same operations."""
@@ -301,7 +295,7 @@ def train_generators(configs: list[RunConfig], train: Split, *, amp: bool = Fals
         noise = None
         if p > 0:
             dtype = torch.bfloat16 if amp and device.type == "cuda" else torch.float32  # the autocast output's
-            per_group = [[dropout_noise(shape, p, s.dropout, device, dtype) for shape in shapes]
+            per_group = [[dropout_mask(shape, p, device=device, generator=s.dropout, dtype=dtype) for shape in shapes]
                          for s in streams]
             # `dropout` draws site 1 then site 2 of a step; each leader's stream draws in that order
             noise = tuple(torch.stack([m[site] for m in per_group]) for site in (0, 1))
@@ -479,7 +473,8 @@ def train_clip_classifiers(train: Split, labels: torch.Tensor, selected: torch.T
                 b = int(sizes[t, i])
                 if b:
                     for site, h in enumerate((h1, h2)):
-                        noise[site][members[g], :b] = dropout_noise((b, h), p, streams[i].dropout, device)
+                        noise[site][members[g], :b] = dropout_mask((b, h), p, device=device,
+                                                                    generator=streams[i].dropout)
         c, r = crop[t], clip[t]
         x = torch.cat([train.features[all_rows[r], c], memory[r, c]], dim=-1)  # [N, B, 2D]
         with _autocast(device, amp):

@@ -235,9 +235,6 @@ def main(argv=None) -> int:
     from cupl.experiments.timing import cpu_name
     from cupl.experiments import load_data
 
-    data = load_data(args.bank, args.profile, cache=None)
-    if data.oracle is None:
-        raise SystemExit(f"{data.path}: no clip oracle in this bank; generator health needs one")
     out = Path(args.out)
     default_batch = make_config("ucf", args.profile).generator.batch_size
     runs = plan(default_batch)
@@ -255,6 +252,9 @@ def main(argv=None) -> int:
         write(out, meta, done, runs)
         print(f"{len(done)} of {len(runs)} runs in {out.with_suffix('.json')}")
         return 0
+    data = load_data(args.bank, args.profile, cache=None)
+    if data.oracle is None:
+        raise SystemExit(f"{data.path}: no clip oracle in this bank; generator health needs one")
     meta = {"bank": data.path.name, "profile": args.profile, "machine": f"{cpu_name()} ({platform.node()})",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

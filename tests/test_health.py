@@ -156,6 +156,15 @@ def test_readings_sweep_runs_and_resumes(load_benchmark, tmp_path):
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["runs"][:2] == first["runs"] and len(again["runs"]) == 3
     assert "3 of 723 planned runs done" in out.with_suffix(".md").read_text()
+    # two shards take alternate missing runs into files of their own; --merge folds them in, in plan order
+    for k in (0, 1):
+        assert bench.main(["--bank", str(smoke_bank), "--profile", "smoke", "--out", str(out), "--limit", "1",
+                           "--shard", f"{k}/2"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["runs"] == again["runs"]  # untouched until merged
+    assert bench.main(["--out", str(out), "--profile", "smoke", "--merge"]) == 0
+    merged = json.loads(out.with_suffix(".json").read_text())["runs"]
+    order = [bench.run_key(r) for r in bench.plan(default_batch=8)]
+    assert [bench.run_key(r) for r in merged] == order[:5] and merged[:3] == again["runs"]
 
 
 def test_health_note_names_each_failed_threshold():

@@ -116,13 +116,14 @@ def flip(key: str, preset: str = "ucf"):
     return others[0]
 
 
-def _flip_name(key: str, value) -> str:
-    return f"{key} = {value}"
+def _flipped(key: str) -> "Choice":
+    value = flip(key)
+    return Choice(f"{key} = {value}", {key: value})
 
 
 SENSITIVITY: tuple[Choice, ...] = (
     Choice("default"),
-    *(Choice(_flip_name(key, flip(key)), {key: flip(key)}) for key in FLIPPED),
+    *(_flipped(key) for key in FLIPPED),
     Choice("clip.mc_passes = 50", {"clip.mc_passes": 50}),
     Choice("crops = mean", {"crops": "mean"}, needs_crops=True),
 )

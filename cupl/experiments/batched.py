@@ -167,6 +167,19 @@ def stream_groups(keys) -> tuple[list[int], list[int]]:
 # ---------------------------------------------------------------- stage 1
 
 
+def stack_parameters(models: list[torch.nn.Module], names, device) -> list[torch.Tensor]:
+    """The parameters `names` of N models of one layout, each stacked along a new leading
+    dimension [N, ...] on `device`, as one trainable tensor."""
+    return [torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device).requires_grad_()
+            for n in names]
+
+
+def unstack_model(model: torch.nn.Module, names, params, n: int) -> torch.nn.Module:
+    """`model` (a fresh instance of the layout) holding member n of stacked `params`, in eval mode."""
+    model.load_state_dict({k: p[n].detach().cpu().clone() for k, p in zip(names, params)})
+    return model.eval()
+
+
 @dataclass
 class StackedGenerators:
     """N generators f_g as weight stacks: fc1 [N, K h1, D] + [N, K h1], w2 [N, K, h2, h1],
@@ -183,14 +196,11 @@ class StackedGenerators:
     @classmethod
     def stack(cls, models: list[MultiHeadClassifier], device) -> "StackedGenerators":
         m = models[0]
-        params = [torch.stack([dict(x.named_parameters())[n].detach() for x in models]).to(device).requires_grad_()
-                  for n in cls.NAMES]
-        return cls(m.in_dim, m.num_heads, m.hidden, m.dropout, params)
+        return cls(m.in_dim, m.num_heads, m.hidden, m.dropout, stack_parameters(models, cls.NAMES, device))
 
     def model(self, n: int) -> MultiHeadClassifier:
-        out = MultiHeadClassifier(self.in_dim, self.num_heads, self.hidden, self.dropout)
-        out.load_state_dict({k: p[n].detach().cpu().clone() for k, p in zip(self.NAMES, self.params)})
-        return out.eval()
+        fresh = MultiHeadClassifier(self.in_dim, self.num_heads, self.hidden, self.dropout)
+        return unstack_model(fresh, self.NAMES, self.params, n)
 
     def forward(self, x: torch.Tensor, noise=None) -> torch.Tensor:
         """x [N, B, S, D] -> [N, B, S, K] head logits; noise: (m1, m2) multiplying the two
@@ -333,14 +343,11 @@ class StackedClassifiers:
     @classmethod
     def stack(cls, models: list[ClipClassifier], device) -> "StackedClassifiers":
         m = models[0]
-        params = [torch.stack([dict(x.named_parameters())[n].detach() for x in models]).to(device).requires_grad_()
-                  for n in cls.NAMES]
-        return cls(m.in_dim, m.hidden, m.dropout, m.two_way, params)
+        return cls(m.in_dim, m.hidden, m.dropout, m.two_way, stack_parameters(models, cls.NAMES, device))
 
     def model(self, n: int) -> ClipClassifier:
-        out = ClipClassifier(self.in_dim, self.hidden, self.dropout, self.two_way)
-        out.load_state_dict({k: p[n].detach().cpu().clone() for k, p in zip(self.NAMES, self.params)})
-        return out.eval()
+        return unstack_model(ClipClassifier(self.in_dim, self.hidden, self.dropout, self.two_way), self.NAMES,
+                             self.params, n)
 
     def logits(self, x: torch.Tensor, noise=None) -> torch.Tensor:
         """x [N, B, 2D] -> [N, B] anomaly logits; noise: (m1 [N, B, h1], m2 [N, B, h2]) or None (eval)."""

@@ -72,6 +72,7 @@ class SelfTrainConfig:
     selection: str = "uncertainty"  # "uncertainty" (ours), "random" (standard self-training), "all"
     normal_labels: str = "zero"  # open: clips of normal videos are normal by the weak label
     refine: str = "none"  # open: f_g's labels as they are, or "smooth_minmax" on abnormal videos (MIST, `cupl.method.refine`)
+    mc_masks: str = "shared"  # open: one MC-Dropout mask per pass for all clips (Eq. 8), or "per_clip"
 
 
 @dataclass
@@ -247,6 +248,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "clip.batches": ("shuffled", "balanced"),
     "clip.budget": ("epochs", "steps"),
     "self_train.refine": ("none", "smooth_minmax"),
+    "self_train.mc_masks": ("shared", "per_clip"),
 }
 
 

@@ -21,8 +21,6 @@ from cupl.util import parse_literal
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-# notebooks run with papermill on their own, outside the book's chain (notebooks/extra/README.md)
-EXTRA = sorted((REPO / "notebooks" / "extra").glob("*.ipynb"))
 
 
 def tags(cell) -> list[str]:
@@ -36,7 +34,7 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "notebooks/ holds no chapter"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS + EXTRA, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_hygiene(path):
     assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), "name must be NN_topic.ipynb"
     nb = nbformat.read(path, as_version=4)
@@ -53,7 +51,7 @@ def test_notebook_hygiene(path):
     assert last.cell_type == "markdown"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS + EXTRA, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_parameters_cell_holds_plain_literals(path):
     nb = nbformat.read(path, as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in tags(c)]

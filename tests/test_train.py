@@ -197,6 +197,37 @@ def test_pseudo_labels_average_mc_dropout_over_crops(data):
     torch.testing.assert_close(unc, (per_crop[0][1] + per_crop[1][1]) / 2, rtol=0, atol=1e-6)
 
 
+def test_pseudo_labels_with_masks_per_clip(data):
+    # every (clip, crop) row of the split draws its own masks, in row order: as mc_per_clip on all rows
+    from cupl.method.uncertainty import mc_per_clip
+
+    train, _, _ = data
+    torch.manual_seed(0)
+    f_g = MultiHeadClassifier(16, 2, hidden=(32, 8)).eval()
+    labels, unc = pseudo_labels(f_g, train, 7, rng=torch.Generator().manual_seed(3), masks="per_clip")
+    with torch.no_grad():
+        mean, var = mc_per_clip(f_g.hidden1(train.features.flatten(0, 1)), f_g.head_weights(), 7, f_g.dropout,
+                                torch.Generator().manual_seed(3))
+    torch.testing.assert_close(labels, mean.view(-1, 2).mean(dim=1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(unc, var.view(-1, 2).mean(dim=1), rtol=0, atol=1e-6)
+    shared, _ = pseudo_labels(f_g, train, 7, rng=torch.Generator().manual_seed(3))
+    assert not torch.equal(labels, shared)
+    with pytest.raises(ValueError, match="masks must be 'shared' or 'per_clip', got 'each'"):
+        pseudo_labels(f_g, train, 7, masks="each")
+
+
+def test_run_with_masks_per_clip(data):
+    train, test, _ = data
+    config = tiny(**{"self_train.mc_masks": "per_clip"})
+    result = run(config, train, test, progress=False, keep_arrays=True)
+    shared = run(tiny(), train, test, progress=False, keep_arrays=True)
+    assert len(result.history) == config.self_train.iterations
+    # the switch acts after stage 1: the same f_g, other pseudo labels from its first MC-Dropout on
+    for a, b in zip(result.f_g.state_dict().values(), shared.f_g.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not torch.equal(result.arrays[0]["labels"], shared.arrays[0]["labels"])
+
+
 def test_score_clips_by_video_equals_split(data):
     _, test, _ = data
     torch.manual_seed(0)

@@ -177,3 +177,55 @@ def test_non_finite_features_are_rejected():
     x[2, 3] = float("inf")
     with pytest.raises(ValueError, match=r"x.*non-finite"):
         mc_dropout(model, x, 5, method="train")
+
+
+# ---------------------------------------------------------------- masks per clip
+
+
+def per_clip(model, x, passes, seed):
+    """`mc_per_clip` on the model's first layer, with a generator seeded `seed`."""
+    from cupl.method.uncertainty import mc_per_clip
+
+    with torch.no_grad():
+        return mc_per_clip(model.hidden1(x), [t.detach() for t in model.head_weights()], passes, model.dropout,
+                           torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_per_clip_masks_match_numpy_reference_clip_by_clip(name):
+    model = MODELS[name]()
+    x = torch.randn(7, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    passes, k, (h1, h2) = 6, getattr(model, "num_heads", 1), model.hidden
+    mean, var = per_clip(model, x, passes, seed=11)
+    # the draws the docstring promises: pass by pass, m1 [N, K, h1] then m2 [N, K, h2]
+    g, keep = torch.Generator().manual_seed(11), 1.0 - model.dropout
+    draws = [((torch.rand((7, k, h1), generator=g) < keep).double() / keep,
+              (torch.rand((7, k, h2), generator=g) < keep).double() / keep) for _ in range(passes)]
+    for i in range(7):
+        m1 = np.stack([d[0][i].numpy() for d in draws])  # [M, K, h1]: clip i's own masks
+        m2 = np.stack([d[1][i].numpy() for d in draws])
+        ref_mean, ref_var = np_mc_dropout(model, x[i:i + 1].numpy(), m1, m2)
+        np.testing.assert_allclose(mean[i].item(), ref_mean[0], rtol=1e-10)
+        np.testing.assert_allclose(var[i].item(), ref_var[0], rtol=1e-8, atol=1e-14)
+
+
+def test_per_clip_masks_are_independent_across_clips_where_shared_ones_are_not():
+    model = make_generator()
+    x = torch.randn(1, 12, dtype=torch.float64).repeat(50, 1)  # one clip, fifty times
+    mean, var = per_clip(model, x, passes=5, seed=0)
+    shared_mean, _ = mc_dropout(model, x, 5, torch.Generator().manual_seed(0))
+    assert torch.unique(shared_mean).numel() == 1  # every clip sees the same W~^m
+    assert torch.unique(mean).numel() > 40  # each clip its own
+    # and per clip the same estimator: the average over the copies is the M -> inf mean
+    many, _ = mc_dropout(model, x[:1], 4000, torch.Generator().manual_seed(1))
+    assert abs(mean.mean().item() - many.item()) < 4 * mean.std().item() / 50 ** 0.5
+
+
+def test_per_clip_without_dropout_is_the_eval_model():
+    model = make_generator(dropout=0.0)
+    x = torch.randn(9, 12, dtype=torch.float64)
+    mean, var = per_clip(model, x, passes=4, seed=0)
+    with torch.no_grad():
+        expected = torch.sigmoid(model.anomaly_logit(x))
+    torch.testing.assert_close(mean, expected, rtol=1e-12, atol=1e-12)
+    assert torch.all(var == 0)

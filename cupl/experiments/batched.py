@@ -95,7 +95,8 @@ def run_many(configs, train: Split, test: Split, *, oracle: torch.Tensor | None 
 # The settings the batched models reproduce; any other value of these keys goes to `run`.
 BATCHED = {"generator.mil_reduction": "mean", "generator.regularizer_reduction": "mean",
            "generator.norm_form": "paper", "clip.budget": "epochs", "clip.batches": "shuffled",
-           "clip.loss": "bce", "clip.label_smoothing": 0.0, "self_train.refine": "none"}
+           "clip.loss": "bce", "clip.label_smoothing": 0.0, "self_train.refine": "none",
+           "self_train.mc_masks": "shared"}
 
 
 def not_batched(config: RunConfig) -> list[str]:

@@ -99,7 +99,7 @@ class Choice:
 # Eq. 1-7, the stage-2 lineage choices, normal-clip labels, f_c's re-initialisation and budget.
 FLIPPED = ("generator.head_scores", "generator.norm_form", "generator.diversity_on_normal",
            "generator.mil_reduction", "generator.regularizer_reduction", "self_train.normal_labels",
-           "clip.reinit", "clip.budget", "clip.batches", "clip.loss", "self_train.refine")
+           "clip.reinit", "clip.budget", "clip.batches", "clip.loss", "self_train.refine", "self_train.mc_masks")
 
 
 def flip(key: str, preset: str = "ucf"):

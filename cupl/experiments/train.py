@@ -24,7 +24,7 @@ from cupl.method.mining import reliable_mask_split
 from cupl.method.models import ClipClassifier, MultiHeadClassifier
 from cupl.method.pooling import segment_split
 from cupl.method.refine import refine_labels
-from cupl.method.uncertainty import collapse_tail, dropout_masks, mc_from_hidden
+from cupl.method.uncertainty import collapse_tail, dropout_masks, mc_from_hidden, mc_per_clip
 from cupl.util import progress as progress_bar
 
 
@@ -87,22 +87,32 @@ def train_generator(train: Split, cfg: GeneratorConfig, *, rng: torch.Generator,
 
 
 def pseudo_labels(model, split: Split, passes: int, *, window: int | None = None,
-                  rng: torch.Generator | None = None, batch_size: int = 65536, amp: bool = False):
+                  rng: torch.Generator | None = None, batch_size: int = 65536, amp: bool = False,
+                  masks: str = "shared"):
     """Pseudo labels and uncertainty of every clip by MC-Dropout (Eq. 8-10), crops averaged.
 
     model: f_g on clip features (window=None) or f_c on temporal clip features (window=w).
-    One set of M masks serves all clips (Eq. 8: one sampled parameter set per pass).
+    masks "shared": one set of M masks serves all clips (Eq. 8: one sampled parameter set per
+    pass), evaluated exactly by folding the tail; "per_clip": every clip draws its own
+    (`mc_per_clip`, M full passes through the tail).
     returns: (labels [N], uncertainty [N]) as float32 on the split's device.
     """
     device = split.features.device
     num_heads = getattr(model, "num_heads", 1)
-    m1, m2 = dropout_masks(passes, num_heads, model.hidden, model.dropout, rng)
     labels = torch.empty(split.num_clips, device=device)
     uncertainty = torch.empty(split.num_clips, device=device)
     with torch.no_grad():
-        v, c = collapse_tail([t.detach().float() for t in model.head_weights()], m1.to(device), m2.to(device))
+        tail = [t.detach().float() for t in model.head_weights()]
+        if masks == "shared":
+            m1, m2 = dropout_masks(passes, num_heads, model.hidden, model.dropout, rng)
+            v, c = collapse_tail(tail, m1.to(device), m2.to(device))
+        elif masks != "per_clip":
+            raise ValueError(f"pseudo_labels: masks must be 'shared' or 'per_clip', got {masks!r}")
         for lo, hi, h in first_layer(model, split, window, batch_size, amp):
-            mean, var = mc_from_hidden(h, v, c)
+            if masks == "shared":
+                mean, var = mc_from_hidden(h, v, c)
+            else:
+                mean, var = mc_per_clip(h, tail, passes, model.dropout, rng)
             labels[lo:hi] = mean.view(hi - lo, -1).mean(dim=1)
             uncertainty[lo:hi] = var.view(hi - lo, -1).mean(dim=1)
     return labels, uncertainty
@@ -281,7 +291,7 @@ def _run(config, train, test, oracle, progress, keep_arrays, device, f_g) -> Run
     for it in range(1, st.iterations + 1):
         passes = config.generator.mc_passes if it == 1 else config.clip.mc_passes
         labels, unc = timed(f"iter{it}.mc_dropout", pseudo_labels, model, train, passes, window=window,
-                            rng=rng, batch_size=config.eval_batch_size, amp=amp)
+                            rng=rng, batch_size=config.eval_batch_size, amp=amp, masks=st.mc_masks)
         if it == 1:  # the step between the stages: f_g's scores into f_c's first targets
             labels = refine_labels(labels, train, st.refine)
         if st.normal_labels == "zero":

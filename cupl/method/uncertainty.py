@@ -67,6 +67,31 @@ def mc_from_hidden(hidden: torch.Tensor, v: torch.Tensor, c: torch.Tensor):
     return moments(torch.sigmoid(logits.float() / k + c.mean(dim=1)))
 
 
+def mc_per_clip(hidden: torch.Tensor, tail, passes: int, p: float, generator: torch.Generator | None = None):
+    """MC-Dropout with independent masks per clip and pass (Eq. 8 read per clip): (mean [N], var [N]).
+
+    The alternative to one mask per pass shared by all clips (`dropout_masks`, `mc_from_hidden`):
+    every clip draws its own W~^m, so the M samples of different clips are independent. Per
+    clip the estimator has the same distribution either way; the tail cannot be folded, so
+    each pass is a full pass through it. hidden: [N, K, h1] ReLU outputs; tail: (w2 [K, h2, h1],
+    b2 [K, h2], w3 [K, h2], b3 [K]). Masks are drawn on the CPU from `generator`, pass by pass,
+    m1 [N, K, h1] then m2 [N, K, h2], as inverted dropout with keep probability 1 - p.
+    """
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    w2, b2, w3, b3 = tail
+    hidden, keep = hidden.to(w2.dtype), 1.0 - p
+    n, k, _ = hidden.shape
+    probs = hidden.new_empty(n, passes)
+    for m in range(passes):
+        m1, m2 = ((torch.rand((n, k, w2.shape[dim]), generator=generator) < keep).to(hidden.device, hidden.dtype) / keep
+                  for dim in (2, 1))
+        z = torch.einsum("nkh,kgh->nkg", hidden * m1, w2) + b2
+        logit = torch.einsum("nkg,kg->nk", z * m2, w3) + b3
+        probs[:, m] = torch.sigmoid(logit.mean(dim=1))
+    return moments(probs)
+
+
 def moments(probs: torch.Tensor):
     """(mean [N], var [N]) over the M passes of probs [N, M], var with 1/M (Eq. 9-10).
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cupl import experiments as ex
 from cupl.data.synth import PREMISE_VARIANTS
@@ -126,6 +127,35 @@ def test_sensitivity_flips_one_choice_at_a_time_and_skips_crops_on_one_crop(bank
     crops = [c for c in claims.SENSITIVITY if c.needs_crops]
     skipped = claims.sensitivity(one_crop, [0, 1], "smoke", choices=crops)
     assert not calls and "one crop" in skipped.loc["crops = mean", "skipped"]
+
+
+def test_crop_choice_on_a_one_crop_embedded_benchmark_runs_on_its_several_crop_twin(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUPL_CACHE", str(tmp_path))
+    calls, banks = [], []
+    fake = fake_grid(calls)
+
+    def grid(data, *args, **kwargs):
+        banks.append(data)
+        return fake(data, *args, **kwargs)
+
+    monkeypatch.setattr(claims, "grid", grid)
+    data = ex.load_data("", "smoke", cache=None)
+    one_crop = ex.Data(data.path, data.attrs, data.train.to(dtype=data.train.features.dtype), data.test, data.oracle)
+    one_crop.train.features = one_crop.train.features[:, :1]
+    crops = [c for c in claims.SENSITIVITY if c.needs_crops]
+    table = claims.sensitivity(one_crop, [0, 1], "smoke", choices=crops)
+    n = claims.SEVERAL_CROPS
+    assert n > 1 and list(table.index) == [f"default ({n}-crop bank)", f"crops = mean ({n}-crop bank)"]
+    assert [kw.get("crops") for kw in calls] == [None, "mean"]
+    for bank in banks:  # the same benchmark, with n crops of every clip
+        assert bank.train.features.shape[1] == n and bank.test.features.shape[1] == n
+        assert bank.train.names == data.train.names and torch.equal(bank.train.lengths, data.train.lengths)
+        assert f"{n} crops" in bank.attrs["source"]
+    # a given bank of one crop cannot be regenerated: the choice is skipped, as on the toy bank
+    real = ex.Data(one_crop.path, {**data.attrs, "source": "imported"}, one_crop.train, one_crop.test, None)
+    calls.clear()
+    assert "one crop" in claims.sensitivity(real, [0, 1], "smoke", choices=crops).loc["crops = mean", "skipped"]
+    assert not calls
 
 
 def test_every_two_valued_open_choice_is_flipped_once():

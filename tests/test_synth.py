@@ -247,6 +247,24 @@ def test_features_are_non_negative_heavy_tailed_and_crops_are_close():
     assert crops > neighbours > shuffled
 
 
+def test_crops_given_change_the_crop_count_only():
+    default = list(synth.generate("ucf", "smoke", seed=0, max_videos=3))
+    more = list(synth.generate("ucf", "smoke", seed=0, max_videos=3, crops=5))
+    for a, b in zip(default, more):
+        assert (a.name, a.split, a.num_frames, a.label) == (b.name, b.split, b.num_frames, b.label)
+        assert b.features["rgb"].shape == (a.features["rgb"].shape[0], 5, a.features["rgb"].shape[2])
+        # the same video: frame labels and oracle are drawn before any feature
+        for field in ("frame_labels", "oracle_clip_labels"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert (x is None and y is None) or np.array_equal(x, y)
+    attrs = synth.bank_attrs("ucf", "smoke", crops=5)
+    assert attrs["crops"] == 5 and "5 crops" in attrs["source"]
+    assert synth.bank_attrs("xd", "smoke", crops=1)["crops"] == 1  # also over a preset's own count
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="crops must be a whole number >= 1"):
+            next(synth.generate("ucf", "smoke", crops=bad))
+
+
 def test_xd_audio_is_a_correlated_stream():
     videos = list(itertools.islice(synth.generate("xd", "smoke", seed=0), 40))
     assert all(v.features["audio"].shape == (v.features["rgb"].shape[0], 1, 128) for v in videos)

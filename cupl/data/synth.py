@@ -183,13 +183,18 @@ class VideoPlan:
         return -(-self.num_frames // FRAMES_PER_CLIP)
 
 
-def resolve(preset: str, profile: str) -> tuple[SynthPreset, SynthProfile]:
-    """The preset and profile of the given names; ValueError naming the allowed ones."""
+def resolve(preset: str, profile: str, crops: int | None = None) -> tuple[SynthPreset, SynthProfile]:
+    """The preset and profile of the given names; ValueError naming the allowed ones.
+    crops: crops per clip instead of the preset's or profile's (None: theirs)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
-    return PRESETS[preset], PROFILES[profile]
+    if crops is None:
+        return PRESETS[preset], PROFILES[profile]
+    if isinstance(crops, bool) or not isinstance(crops, (int, np.integer)) or crops < 1:
+        raise ValueError(f"crops must be a whole number >= 1, got {crops!r}")
+    return replace(PRESETS[preset], crops=int(crops)), PROFILES[profile]
 
 
 def _check_seed(seed) -> int:
@@ -509,15 +514,17 @@ def _synthesise(plan: VideoPlan, rng, preset: SynthPreset, profile: SynthProfile
     )
 
 
-def generate(preset="ucf", profile="quick", seed=0, *, max_videos=None, premise_variant: str = "default") -> Iterator:
+def generate(preset="ucf", profile="quick", seed=0, *, max_videos=None, premise_variant: str = "default",
+             crops: int | None = None) -> Iterator:
     """Yield the bank's videos (`cupl.data.bank.VideoData`), train then test, one at a time.
 
     Features are float32 [T, crops, D] (and [T, 1, 128] audio for `xd`); test videos carry
     frame labels, training videos their oracle clip labels (fraction of each clip inside
     an event). max_videos keeps the first max_videos of each split. premise_variant: a name
     of `PREMISE_VARIANTS`; every variant has the default's videos, scenes and feature map.
+    crops: crops per clip instead of the preset's or profile's (same videos, scenes and map).
     """
-    preset_, profile_ = resolve(preset, profile)
+    preset_, profile_ = resolve(preset, profile, crops)
     seed = _check_seed(seed)
     premises = premises_of(premise_variant)
     world = _world(preset_, profile_, seed, premises)
@@ -526,12 +533,14 @@ def generate(preset="ucf", profile="quick", seed=0, *, max_videos=None, premise_
         yield _synthesise(plan, rng, preset_, profile_, world, premises)
 
 
-def bank_attrs(preset="ucf", profile="quick", seed=0, premise_variant: str = "default") -> dict:
+def bank_attrs(preset="ucf", profile="quick", seed=0, premise_variant: str = "default",
+               crops: int | None = None) -> dict:
     """The dataset-level attributes of a synthetic bank; a premise variant other than the
-    default is named in `source` and `premise_variant`."""
-    preset_, profile_ = resolve(preset, profile)
+    default is named in `source` and `premise_variant`, a crop count given in `source`."""
+    preset_, profile_ = resolve(preset, profile, crops)
     variant = {} if premise_variant == "default" else {"premise_variant": premise_variant}
     moved = f", premises {premise_variant}" if variant else ""
+    moved += f", {crops} crops" if crops is not None else ""
     return dict(
         source=f"synthetic {preset}/{profile} seed {seed}{moved} (cupl.data.synth {GENERATOR_VERSION})",
         feature_kind="synthetic I3D-like",
@@ -548,15 +557,17 @@ def bank_attrs(preset="ucf", profile="quick", seed=0, premise_variant: str = "de
 
 def write_synthetic(path, preset="ucf", profile="quick", seed=0, progress=True, *,
                     max_videos=None, dtype="float16", overwrite: bool = False,
-                    premise_variant: str = "default") -> Path:
-    """Generate a synthetic bank (of `premise_variant`, `PREMISE_VARIANTS`) and write it to
-    `path` atomically, video by video; an existing `path` is replaced only with `overwrite`."""
+                    premise_variant: str = "default", crops: int | None = None) -> Path:
+    """Generate a synthetic bank (of `premise_variant`, `PREMISE_VARIANTS`; `crops` per clip,
+    None: the preset's or profile's) and write it to `path` atomically, video by video; an
+    existing `path` is replaced only with `overwrite`."""
     from cupl.data.bank import write_bank
 
-    preset_, profile_ = resolve(preset, profile)
+    preset_, profile_ = resolve(preset, profile, crops)
     premises_of(premise_variant)  # an unknown variant is named before any work
     real = _real(preset)
     total = sum(len(_selection(s, profile_, real)[:max_videos]) for s in SPLITS)
-    return write_bank(path, generate(preset, profile, seed, max_videos=max_videos, premise_variant=premise_variant),
-                      attrs=bank_attrs(preset, profile, seed, premise_variant), dtype=dtype,
+    return write_bank(path, generate(preset, profile, seed, max_videos=max_videos, premise_variant=premise_variant,
+                                     crops=crops),
+                      attrs=bank_attrs(preset, profile, seed, premise_variant, crops), dtype=dtype,
                       progress=progress, total=total, overwrite=overwrite)

@@ -141,19 +141,23 @@ def package_digest() -> str:
     return tree_digest(Path(cupl.__file__).parent)
 
 
-def synthetic_bank(profile: str, cache_dir: Path, progress: bool = True, premise_variant: str = "default") -> Path:
+def synthetic_bank(profile: str, cache_dir: Path, progress: bool = True, premise_variant: str = "default",
+                   crops: int | None = None) -> Path:
     """The embedded benchmark bank for `profile`, written once under `cache_dir`.
 
     premise_variant: a name of `cupl.data.synth.PREMISE_VARIANTS` (one premise moved).
+    crops: crops per clip instead of the profile's (None: the profile's).
     The file name carries preset, premise variant, profile, seed, the generator's
     GENERATOR_VERSION and a digest of the `cupl.data` sources, so a changed generator never
     reuses an old bank even when its version number was not bumped."""
     import cupl.data
-    from cupl.data.synth import GENERATOR_VERSION, premises_of, write_synthetic
+    from cupl.data.synth import GENERATOR_VERSION, premises_of, resolve, write_synthetic
 
     premises_of(premise_variant)  # an unknown variant is named before any work
+    resolve(BANK_PRESET, profile, crops)
     sources = tree_digest(Path(cupl.data.__file__).parent)[:8]
-    stem = f"{BANK_PRESET}-{premise_variant}-{profile}-seed{BANK_SEED}-v{GENERATOR_VERSION}-{sources}"
+    variant = premise_variant if crops is None else f"{premise_variant}-crops{crops}"
+    stem = f"{BANK_PRESET}-{variant}-{profile}-seed{BANK_SEED}-v{GENERATOR_VERSION}-{sources}"
     path = Path(cache_dir) / f"{stem}.h5"
     if _intact_bank(path):
         return path
@@ -163,7 +167,7 @@ def synthetic_bank(profile: str, cache_dir: Path, progress: bool = True, premise
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_synthetic(path, preset=BANK_PRESET, profile=profile, seed=BANK_SEED, progress=progress,
-                        premise_variant=premise_variant)
+                        premise_variant=premise_variant, crops=crops)
         digest = bank_digest(path)
         atomic_write(_digest_file(path), lambda tmp: Path(tmp).write_text(digest + "\n"))
     except OSError as err:
@@ -172,7 +176,7 @@ def synthetic_bank(profile: str, cache_dir: Path, progress: bool = True, premise
             raise
         warnings.warn(f"cache folder {path.parent} cannot be written ({err.strerror or err}); the bank goes "
                       f"to {fallback}", CacheWarning, stacklevel=2)
-        return synthetic_bank(profile, fallback, progress, premise_variant)
+        return synthetic_bank(profile, fallback, progress, premise_variant, crops)
     return path
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from cupl.config import CHOICES, PROFILES, make_config, to_dict
+from cupl.data.synth import PROFILES as SYNTH_PROFILES
 from cupl.experiments.cache import default_cache, load_stage1, stage1_key, synthetic_bank
 from cupl.experiments.loading import Data, load_data
 from cupl.experiments.paper import TABLE4_GAINS
@@ -244,20 +245,51 @@ def claims_map(seeds, profile: str = "quick", *, bank: str = "", cells=MAP_CELLS
     return frame
 
 
+# A crop choice means something only with several crops per clip. On a one-crop embedded
+# benchmark it runs on the same benchmark with as many crops as the real UCF-Crime I3D features
+# (the `full` profile's), fixed before any run, against the default choices on that bank.
+SEVERAL_CROPS = SYNTH_PROFILES["full"].crops
+
+
+def several_crops_data(data: Data, profile: str) -> Data | None:
+    """The bank for a crop choice: None when `data` has one crop per clip and is not the
+    embedded benchmark (a given bank cannot be regenerated with more crops); else the
+    embedded benchmark of `profile` with `SEVERAL_CROPS` crops per clip."""
+    if not str(data.attrs.get("source", "")).startswith("synthetic") or data.attrs.get("premise_variant"):
+        return None
+    path = synthetic_bank(profile, default_cache(), progress=False, crops=SEVERAL_CROPS)
+    return load_data(path, profile, cache=data.cache)
+
+
 def sensitivity(data: Data, seeds, profile: str = "quick", *, choices=SENSITIVITY, device: str = "cpu",
                 progress: bool = False, workers: int | None = None) -> pd.DataFrame:
     """Each open choice flipped alone from the default: one row per choice with the `Verdict`
-    of every claim, or the reason it was skipped (a crop choice on a one-crop bank)."""
+    of every claim. A crop choice on a one-crop bank runs, with the default choices beside it,
+    on the embedded benchmark with several crops (`several_crops_data`; rows named with the
+    bank), or is skipped with the reason when there is no such bank."""
     crops = int(data.train.features.shape[1])
     rows = []
+
+    def judge(bank: Data, name: str, overrides: dict):
+        frame = grid(bank, "variant", VARIANTS, seeds, profile=profile, device=device, progress=progress,
+                     workers=workers, **overrides)
+        rows.append({"choice": name, **claim_verdicts(frame), "skipped": ""})
+
     for choice in choices:
-        if choice.needs_crops and crops == 1:
+        if not (choice.needs_crops and crops == 1):
+            judge(data, choice.name, choice.overrides)
+            continue
+        several = several_crops_data(data, profile)
+        if several is None:
             rows.append({"choice": choice.name,
                          "skipped": "the bank has one crop per clip: the crop mean is the crop itself"})
             continue
-        frame = grid(data, "variant", VARIANTS, seeds, profile=profile, device=device, progress=progress,
-                     workers=workers, **choice.overrides)
-        rows.append({"choice": choice.name, **claim_verdicts(frame), "skipped": ""})
+        n = int(several.train.features.shape[1])
+        for name, overrides in (("default", {}), (choice.name, choice.overrides)):
+            judge(several, f"{name} ({n}-crop bank)", overrides)
+        if several.pool is not None:  # the bank's worker processes end with it
+            several.pool[1].shutdown()
+            several.pool = None
     return pd.DataFrame(rows).set_index("choice")
 
 

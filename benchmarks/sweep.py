@@ -1,4 +1,4 @@
-"""A sweep run one by one against the same sweep as one batched model (`cupl.batched.run_many`).
+"""A sweep run one by one against the same sweep as one batched model (`cupl.experiments.batched.run_many`).
 
     python benchmarks/sweep.py --threads 2 --max-models 5 --json sweep.json   # chapter 9: alpha x seeds, quick bank
     python benchmarks/sweep.py --alphas 1 10 --seeds 0             # a smaller grid
@@ -10,8 +10,9 @@ On the CPU with the quick profile the grid is alpha in {0.1, 1, 10, 100, 1000} x
 process, same threads, same bank (the profile's embedded benchmark): all of them as
 `run_many`, then every run alone (`cupl.experiments.train.run`, one after the other). Printed: both
 times, their ratio, the largest |AUC| difference between a run alone and its batched twin
-(final AUC and over every iteration), and the seconds per stage both ways (the batched
-stages are whole batches; a stage-1 f_g shared by runs is trained once). Besides wall time
+(final AUC and over every iteration), and the seconds per stage both ways (batched, stage 1
+runs per model and f_c is one stacked training per batch; a stage-1 f_g shared by runs is
+trained once). Besides wall time
 it reports the process's CPU time, which a machine shared with other work disturbs less. `--json PATH`
 writes the numbers, the machine, the torch version and the date.
 """
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cupl.experiments.batched import BATCHED, run_many  # noqa: E402
+from cupl.experiments.batched import run_many  # noqa: E402
 from cupl.experiments.timing import cpu_name  # noqa: E402
 from cupl.config import VARIANTS, make_config  # noqa: E402
 from cupl.experiments import load_data  # noqa: E402
@@ -45,8 +46,8 @@ def sweep_configs(grid: str, preset: str, profile: str, device: str, alphas, see
     """[(what the point is, its RunConfig)] of the grid."""
     if grid == "alpha":
         return [({"alpha": a, "seed": s}, make_config(preset, profile, "full", seed=s, device=device,
-                                                      **{**BATCHED, "generator.alpha": a})) for a in alphas for s in seeds]
-    return [({"variant": v, "seed": s}, make_config(preset, profile, v, seed=s, device=device, **BATCHED))
+                                                      **{"generator.alpha": a})) for a in alphas for s in seeds]
+    return [({"variant": v, "seed": s}, make_config(preset, profile, v, seed=s, device=device))
             for v in VARIANTS for s in seeds]
 
 

@@ -190,6 +190,35 @@ def test_grid_in_two_processes_gives_the_one_process_results(bank, tmp_path):
     data.pool[1].shutdown()
 
 
+def test_a_batched_grid_equals_the_grid_of_runs_alone_and_fills_the_cache(bank, tmp_path):
+    values, settings = [0.3, 0.6], dict(key="self_train.ratio", profile="smoke", progress=False, **TINY)
+    alone = ex.grid(ex.load_data(bank, cache=tmp_path / "one"), "R", values, [0, 1], workers=1, batched=False,
+                    **settings)
+    data = ex.load_data(bank, cache=tmp_path / "batched")
+    together = ex.grid(data, "R", values, [0, 1], workers=1, batched=True, **settings)
+    pd.testing.assert_frame_equal(alone.drop(columns="seconds"), together.drop(columns="seconds"), check_exact=True)
+    # the runs and the two seeds' stage-1 models are kept for the next notebook
+    assert len(list((tmp_path / "batched").glob("run-*"))) == 4
+    assert len(list((tmp_path / "batched").glob("f_g-*"))) == 2
+    configs = [make_config("ucf", "smoke", seed=s, **TINY, **{"self_train.ratio": r}) for r in values for s in (0, 1)]
+    assert ex.make_missing(ex.load_data(bank, cache=tmp_path / "batched"), configs, batched=True) == 0
+    _, _, kept = ex.run_seeds(data, [0], profile="smoke", keep=True, batched=True, **TINY)
+    own = run(make_config("ucf", "smoke", seed=0, **TINY), data.train, data.test, progress=False, keep_arrays=True)
+    assert torch.equal(kept[0].test_scores, own.test_scores) and len(kept[0].arrays) == len(own.arrays)
+
+
+def test_runs_on_cuda_are_batched_by_default(bank, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ex.runs, "prefetch", lambda *a, **k: calls.append("prefetch"))
+    monkeypatch.setattr(ex.runs, "run_many", lambda configs, *a, **k: calls.append("batched") or [])
+    data = ex.load_data(bank, cache=None)
+    ex.make_missing(data, [make_config("ucf", "smoke", seed=0)])
+    assert calls == ["prefetch"]
+    calls.clear()
+    ex.make_missing(data, [make_config("ucf", "smoke", seed=0, device="cuda")])
+    assert calls == ["prefetch", "batched"]  # stage 1 side by side first, where workers are allowed
+
+
 def test_prefetch_for_kept_runs_makes_only_the_stage1_models(bank, tmp_path):
     cache = tmp_path / "cache"
     data = ex.load_data(bank, cache=cache)

@@ -284,21 +284,38 @@ def store_run(data: "Data", run_key: str, result: RunResult) -> None:
         saved = {k: getattr(result, k) for k in ("config", "metrics", "history", "timings")}
         write_entry(path, json.dumps(saved).encode())
 
-def run_once(data: "Data", config: RunConfig, keep: bool) -> RunResult:
-    """`train.run` of `config`, or the same run made earlier (memory, then disk cache).
+def run_key(config: RunConfig) -> str:
+    """The key of a run in memory and in the disk cache: its whole configuration."""
+    return json.dumps(to_dict(config), sort_keys=True)
+
+
+def made_run(data: "Data", config: RunConfig, keep: bool) -> RunResult | None:
+    """The run of `config` made earlier (memory, then disk cache), or None.
 
     keep=True needs the models, scores and arrays of a run, which only a run made in this
-    process with keep=True holds; anything else is run again.
+    process with keep=True holds; without them the run counts as not made.
     """
-    run_key = json.dumps(to_dict(config), sort_keys=True)
-    done = data.runs.get(run_key) or (None if keep else load_run(data, run_key))
+    key = run_key(config)
+    done = data.runs.get(key) or (None if keep else load_run(data, key))
     if done is not None and (done.arrays or not keep):
-        data.runs[run_key] = done
+        data.runs[key] = done
         return done
-    key = stage1_key(config)
+    return None
+
+
+def keep_run(data: "Data", config: RunConfig, result: RunResult) -> None:
+    """Keep a run just made, and its stage-1 model, in memory and in the disk cache."""
+    store_stage1(data, stage1_key(config), result.f_g)
+    store_run(data, run_key(config), result)
+    data.runs[run_key(config)] = result
+
+
+def run_once(data: "Data", config: RunConfig, keep: bool) -> RunResult:
+    """`train.run` of `config`, or the same run made earlier (`made_run`)."""
+    done = made_run(data, config, keep)
+    if done is not None:
+        return done
     result = run(config, data.train, data.test, oracle=data.oracle, progress=False, keep_arrays=keep,
-                 f_g=load_stage1(data, key, config))
-    store_stage1(data, key, result.f_g)
-    store_run(data, run_key, result)
-    data.runs[run_key] = result
+                 f_g=load_stage1(data, stage1_key(config), config))
+    keep_run(data, config, result)
     return result

@@ -172,3 +172,18 @@ def test_every_two_valued_open_choice_is_flipped_once():
     with pytest.raises(ValueError, match="3 settings"):
         claims.flip("self_train.selection")
     assert [c.name for c in claims.SENSITIVITY].count("default") == 1
+
+
+def test_a_cell_judges_the_health_of_its_own_generator(cell):
+    from cupl.experiments.health import failed_criteria, generator_health
+    from cupl.experiments.cache import stage1_model
+    from cupl.config import make_config
+
+    data, result = cell
+    models = [stage1_model(data, make_config(data.preset, "smoke", "full", seed=s)) for s in SEEDS]
+    each = [generator_health(m, data.train, data.oracle) for m in models]
+    assert result["health"]["label_auc"] == pytest.approx(np.mean([h["label_auc"] for h in each]))
+    assert result["health"]["seeds"] == len(SEEDS)
+    row = claims._row(result)
+    assert row["fg_label_mae"] == pytest.approx(np.mean([h["label_mae"] for h in each]))
+    assert row["fg_healthy"] == (not failed_criteria(result["health"]))

@@ -92,3 +92,13 @@ def test_round_trip(variant):
 def test_defaults_round_trip():
     assert from_dict(to_dict(RunConfig())) == RunConfig()
     assert from_dict({}) == RunConfig()
+
+
+def test_book_rows_caps_the_claims_grids_only_at_smoke():
+    from cupl.config import book_rows
+
+    rows = tuple(range(10))
+    assert book_rows("quick", "map_cells", rows) == rows and book_rows("full", "sensitivity", rows) == rows
+    capped = book_rows("smoke", "map_cells", rows)
+    assert 0 < len(capped) < len(rows) and capped == rows[:len(capped)]  # the first rows, never others
+    assert book_rows("smoke", "other", rows) == rows

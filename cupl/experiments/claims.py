@@ -22,6 +22,7 @@ import torch
 from cupl.config import CHOICES, PROFILES, make_config, to_dict
 from cupl.data.synth import PROFILES as SYNTH_PROFILES
 from cupl.experiments.cache import default_cache, load_stage1, stage1_key, synthetic_bank
+from cupl.experiments.health import failed_criteria, seeds_health
 from cupl.experiments.loading import Data, load_data
 from cupl.experiments.paper import TABLE4_GAINS
 from cupl.experiments.runs import grid, run_seeds
@@ -196,14 +197,16 @@ def claims_cell(data: Data, cell: Cell, seeds, profile: str = "quick", *, device
     ones, pseudo-label AUC of the selected set (full variant), f_g's mean pseudo label on
     event clips (two heads; and one head, the baseline's f_g).
     returns: {"cell", "premise", "level", "frame" (the grid), "verdicts" {claim: Verdict},
-    "mechanism" {figure: mean over seeds}}.
+    "mechanism" {figure: mean over seeds}, "health" (`seeds_health` of the full variant's f_g,
+    None without clip truth)}.
     """
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     extra = {**cell.overrides(profile), **(overrides or {})}
     frame = grid(data, "variant", VARIANTS, seeds, profile=profile, device=device, progress=progress,
                  workers=workers, **extra)
     return {"cell": cell.name, "premise": cell.premise, "level": cell.level, "frame": frame,
-            "verdicts": claim_verdicts(frame), "mechanism": _mechanism(data, seeds, profile, device, extra)}
+            "verdicts": claim_verdicts(frame), "mechanism": _mechanism(data, seeds, profile, device, extra),
+            "health": seeds_health(data, seeds, profile=profile, device=device, **extra)}
 
 
 def cell_data(cell: Cell, profile: str, bank: str = "", *, cache="default") -> Data | None:
@@ -220,6 +223,10 @@ def _row(result: dict) -> dict:
     row = {"cell": result["cell"], "premise": result["premise"], "level": result["level"]}
     row.update(result["verdicts"])
     row.update(result["mechanism"])
+    health = result["health"]
+    row["health"] = health
+    row.update({f"fg_{k}": health[k] if health else float("nan") for k in ("label_auc", "label_mae")})
+    row["fg_healthy"] = None if health is None else not failed_criteria(health)
     return row
 
 

@@ -31,15 +31,14 @@ from cupl.config import ClipConfig, RunConfig, to_dict
 from cupl.data.split import Split
 from cupl.experiments.cache import stage1_key
 from cupl.experiments.steps import autocast, feature_dtype, memory_table, sync
-from cupl.experiments.train import (RunResult, check_finite_videos, clip_batches, prepare_split, pseudo_labels,
-                                    score_clips, select_reliable, train_generator)
+from cupl.experiments.train import (STAGE2_SEED_OFFSET, RunResult, check_finite_videos, clip_batches, clip_targets,
+                                    iteration_record, prepare_split, pseudo_labels, score_clips, select_reliable,
+                                    train_generator)
 from cupl.method.evaluate import evaluate_scores
 from cupl.method.losses import clip_loss
 from cupl.method.models import ClipClassifier, dropout_mask
-from cupl.method.refine import refine_labels
 from cupl.util import progress as progress_bar
 
-STAGE2_SEED_OFFSET = 7919  # `run` reseeds both streams with seed + 7919 after stage 1
 
 
 def run_many(configs, train: Split, test: Split, *, oracle: torch.Tensor | None = None, keep_arrays: bool = False,
@@ -232,8 +231,6 @@ def _train_stack(train: Split, labels, rows, cfg: ClipConfig, window: int, strea
 def _run_batch(configs: list[RunConfig], train: Split, test: Split, oracle, keep_arrays: bool, progress: bool,
                generators: dict) -> list[RunResult]:
     """Algorithm 1 for the configs of one `batch_key`, as `run` makes each of them."""
-    from cupl.experiments.diagnostics import pseudo_label_quality
-
     first = configs[0]
     device, amp, st = torch.device(first.device), first.amp, first.self_train
     num_models = len(configs)
@@ -272,11 +269,7 @@ def _run_batch(configs: list[RunConfig], train: Split, test: Split, oracle, keep
         for n, (config, s) in enumerate(zip(configs, streams)):
             y, unc = timed(n, f"iter{it}.mc_dropout", pseudo_labels, models[n], train, passes, window=window,
                            rng=s.explicit, batch_size=first.eval_batch_size, amp=amp, masks=st.mc_masks)
-            if it == 1:  # the step between the stages, as in `run`
-                y = refine_labels(y, train, st.refine)
-            if st.normal_labels == "zero":
-                y = torch.where(normal_rows, torch.zeros_like(y), y)
-            labels.append(y)
+            labels.append(clip_targets(y, train, st, it, normal_rows))
             uncertainty.append(unc)
             selected.append(timed(n, f"iter{it}.mining", select_reliable, unc, train, config.self_train, s.explicit))
         f_c = timed(None, f"iter{it}.train", train_clip_classifiers, train, labels, selected, first.clip, st.window,
@@ -285,12 +278,8 @@ def _run_batch(configs: list[RunConfig], train: Split, test: Split, oracle, keep
             scores[n] = timed(n, f"iter{it}.score", score_clips, f_c[n], test, st.window,
                               batch_size=first.eval_batch_size, amp=amp)
             metrics = timed(n, f"iter{it}.evaluate", evaluate_scores, scores[n], test)
-            record = {"iteration": it, "source": "f_g" if it == 1 else "f_c", "mc_passes": passes,
-                      "selected": int(selected[n].sum()), **metrics}
-            if oracle is not None:
-                record.update(pseudo_label_quality(labels[n], uncertainty[n], selected[n],
-                                                   oracle.to(labels[n].device), train))
-            histories[n].append(record)
+            histories[n].append(iteration_record(it, passes, metrics, labels[n], uncertainty[n], selected[n],
+                                                 oracle, train))
             if keep_arrays:
                 arrays[n].append({"labels": labels[n].cpu(), "uncertainty": uncertainty[n].cpu(),
                                   "selected": selected[n].cpu()})

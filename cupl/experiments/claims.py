@@ -28,6 +28,7 @@ from cupl.experiments.paper import TABLE4_GAINS
 from cupl.experiments.runs import grid, run_seeds
 from cupl.experiments.stats import Verdict, verdict
 from cupl.experiments.train import prepare_split, pseudo_labels, stage1
+from cupl.experiments.workers import end_workers
 
 VARIANTS = ("baseline", "completeness", "uncertainty", "full", "standard")
 # claim -> (treated variant, control variant, the paper's difference in AUC points; None: the
@@ -243,9 +244,7 @@ def claims_map(seeds, profile: str = "quick", *, bank: str = "", cells=MAP_CELLS
             continue
         rows.append(_row(claims_cell(data, cell, seeds, profile, device=device, progress=progress,
                                      workers=workers)))
-        if data.pool is not None:  # each cell's bank has its own worker processes: end them with it
-            data.pool[1].shutdown()
-            data.pool = None
+        end_workers(data)  # each cell's bank has its own worker processes: they end with it
     frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["cell", "premise", "level", *CLAIMS])
     frame = frame.set_index("cell")
     frame.attrs["skipped"] = skipped
@@ -294,9 +293,7 @@ def sensitivity(data: Data, seeds, profile: str = "quick", *, choices=SENSITIVIT
         n = int(several.train.features.shape[1])
         for name, overrides in (("default", {}), (choice.name, choice.overrides)):
             judge(several, f"{name} ({n}-crop bank)", overrides)
-        if several.pool is not None:  # the bank's worker processes end with it
-            several.pool[1].shutdown()
-            several.pool = None
+        end_workers(several)  # the bank's worker processes end with it
     return pd.DataFrame(rows).set_index("choice")
 
 

@@ -28,6 +28,9 @@ from cupl.method.uncertainty import collapse_tail, dropout_masks, mc_from_hidden
 from cupl.util import progress as progress_bar
 
 
+STAGE2_SEED_OFFSET = 7919  # `run` seeds stage 2's streams with seed + 7919, after stage 1
+
+
 def prepare_split(split: Split, crops: str, device, dtype=torch.float32) -> Split:
     """Move a split to the device; with crops="mean", average the crops first ([N, 1, D]).
 
@@ -284,34 +287,50 @@ def _run(config, train, test, oracle, progress, keep_arrays, device, f_g) -> Run
         f_g = f_g.to(device).eval()
         timed.timings["stage1"] = 0.0
     # stage 2 starts from its own streams, so reusing a stage-1 model changes nothing downstream
-    rng = torch.Generator().manual_seed(config.seed + 7919)
-    torch.manual_seed(config.seed + 7919)
+    rng = torch.Generator().manual_seed(config.seed + STAGE2_SEED_OFFSET)
+    torch.manual_seed(config.seed + STAGE2_SEED_OFFSET)
     normal_rows = (train.labels == 0).repeat_interleave(train.lengths)
     model, window, f_c, history, arrays = f_g, None, None, [], []
     for it in range(1, st.iterations + 1):
         passes = config.generator.mc_passes if it == 1 else config.clip.mc_passes
         labels, unc = timed(f"iter{it}.mc_dropout", pseudo_labels, model, train, passes, window=window,
                             rng=rng, batch_size=config.eval_batch_size, amp=amp, masks=st.mc_masks)
-        if it == 1:  # the step between the stages: f_g's scores into f_c's first targets
-            labels = refine_labels(labels, train, st.refine)
-        if st.normal_labels == "zero":
-            labels = torch.where(normal_rows, torch.zeros_like(labels), labels)
+        labels = clip_targets(labels, train, st, it, normal_rows)
         selected = timed(f"iter{it}.mining", select_reliable, unc, train, st, rng)
         f_c = timed(f"iter{it}.train", train_clip_classifier, train, labels, selected, config.clip, st.window,
                     rng=rng, model=None if (config.clip.reinit or f_c is None) else f_c, amp=amp,
                     progress=progress)
         scores = timed(f"iter{it}.score", score_clips, f_c, test, st.window, batch_size=config.eval_batch_size, amp=amp)
         metrics = timed(f"iter{it}.evaluate", evaluate_scores, scores, test)
-        record = {"iteration": it, "source": "f_g" if it == 1 else "f_c", "mc_passes": passes,
-                  "selected": int(selected.sum()), **metrics}
-        if oracle is not None:
-            record.update(pseudo_label_quality(labels, unc, selected, oracle.to(labels.device), train))
-        history.append(record)
+        history.append(iteration_record(it, passes, metrics, labels, unc, selected, oracle, train))
         if keep_arrays:
             arrays.append({"labels": labels.cpu(), "uncertainty": unc.cpu(), "selected": selected.cpu()})
         model, window = f_c, st.window
     return RunResult(to_dict(config), dict(history[-1]), history, timed.timings, f_g.cpu(), f_c.cpu(), scores.cpu(), arrays,
                      timed.peak_memory)
+
+
+def clip_targets(labels: torch.Tensor, train: Split, st: SelfTrainConfig, iteration: int,
+                 normal_rows: torch.Tensor) -> torch.Tensor:
+    """The [N] targets f_c trains on in `iteration`: the pseudo labels, after the step between the
+    stages in iteration 1 (`refine_labels`), with the clips of normal videos (`normal_rows`) set
+    to 0 when `st.normal_labels` is "zero"."""
+    if iteration == 1:  # the step between the stages: f_g's scores into f_c's first targets
+        labels = refine_labels(labels, train, st.refine)
+    if st.normal_labels == "zero":
+        labels = torch.where(normal_rows, torch.zeros_like(labels), labels)
+    return labels
+
+
+def iteration_record(iteration: int, passes: int, metrics: dict, labels: torch.Tensor, uncertainty: torch.Tensor,
+                     selected: torch.Tensor, oracle: torch.Tensor | None, train: Split) -> dict:
+    """One iteration's line of a run's history: its test metrics, the selection's size and, with
+    an `oracle`, the quality of its pseudo labels (`pseudo_label_quality`)."""
+    record = {"iteration": iteration, "source": "f_g" if iteration == 1 else "f_c", "mc_passes": passes,
+              "selected": int(selected.sum()), **metrics}
+    if oracle is not None:
+        record.update(pseudo_label_quality(labels, uncertainty, selected, oracle.to(labels.device), train))
+    return record
 
 
 def _stage1(config: RunConfig, train: Split, rng: torch.Generator, progress: bool) -> MultiHeadClassifier:

@@ -110,14 +110,19 @@ def _pool(data: Data, workers: int):
 
     if data.pool is not None and data.pool[0] == workers:
         return data.pool[1]
-    if data.pool is not None:
-        data.pool[1].shutdown()
+    end_workers(data)
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn: a forked child of a process that has started OpenMP threads can hang
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
                                initargs=(str(data.path), data.modality, str(data.cache), threads))
     data.pool = (workers, pool)
     return pool
+
+def end_workers(data: Data) -> None:
+    """End the worker processes of `data`, if it has any (a bank used for one grid only)."""
+    if data.pool is not None:
+        data.pool[1].shutdown()
+        data.pool = None
 
 @contextlib.contextmanager
 def _main_hidden():

@@ -346,3 +346,14 @@ def test_read_runs_are_planned_in_full_buffers():
     ]
     assert _plan_runs(["a"], np.array([4]), 4) == [(0, 4, [("a", 0, 4, 0)], 1)]
     assert _plan_runs(["a"], np.array([0]), 4) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_split_tensor_is_a_plain_writable_tensor(dtype):
+    from cupl.data.bank import split_tensor
+
+    x = split_tensor((3, 2, 5), dtype, "cpu")
+    assert x.shape == (3, 2, 5) and x.dtype == dtype and x.is_contiguous() and x.device.type == "cpu"
+    x[:] = torch.arange(30, dtype=torch.float32).view(3, 2, 5).to(dtype)
+    assert x[2, 1, 4].item() == 29 and x.double().sum().item() == 435
+    assert split_tensor((0, 2, 5), dtype, "cpu").shape == (0, 2, 5)

@@ -367,6 +367,21 @@ def _from_attr(value):
 # --------------------------------------------------------------------------- reading
 
 
+def split_tensor(shape: tuple, dtype, device) -> "torch.Tensor":
+    """An empty tensor for a whole split. On the CPU its memory comes from numpy, which asks
+    the kernel for transparent huge pages on large arrays: a first touch of a 2 MiB page
+    instead of 512 of 4 KiB, which is most of the time of filling a fresh split
+    (`benchmarks/bank_io.py`). Elsewhere `torch.empty`."""
+    import torch
+
+    device = torch.device(device)
+    count = int(np.prod(shape))
+    if device.type != "cpu" or count == 0:
+        return torch.empty(shape, dtype=dtype, device=device)
+    raw = np.empty(count * torch.empty((), dtype=dtype).element_size(), dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).view(shape)
+
+
 def _plan_runs(names, lengths: np.ndarray, rows: int) -> list[tuple]:
     """The runs `_read_chunks` reads: (lo, hi, pieces, videos finished) with pieces
     [(name, start, stop, at)], the clips start..stop of a video going to row `at` of a run
@@ -542,7 +557,7 @@ class FeatureBank:
         device = torch.device(device)
         shapes = [self._file[f"{split}/{names[0]}/{m}"].shape[1:] for m in parts]
         crops, dims = shapes[0][0], [shape[1] for shape in shapes]
-        feats = torch.empty((int(lengths.sum()), crops, sum(dims)), dtype=dtype, device=device)
+        feats = split_tensor((int(lengths.sum()), crops, sum(dims)), dtype, device)
         # audio [T, 1, Da] is broadcast over the crops by the assignment
         for m, lo_dim, dim in zip(parts, np.cumsum([0, *dims[:-1]]), dims):
             for lo, hi, x in self._read_chunks(split, m, lengths, device, progress):

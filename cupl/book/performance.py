@@ -62,7 +62,7 @@ OLDER_FORMATS = {
 }
 
 # The benchmark a result file belongs to, by the start of its name.
-KINDS = ("mc_dropout", "evaluation", "pipeline", "bank_io", "sweep", "gpu_check", "fc_convergence",
+KINDS = ("mc_dropout", "evaluation", "pipeline", "bank_io", "sweep", "headroom", "gpu_check", "fc_convergence",
          "generator_readings")
 
 

@@ -181,3 +181,19 @@ def test_dropout_gradient_is_the_mask():
     y.sum().backward()
     mask = dropout_mask((5, 6), 0.6, generator=torch.Generator().manual_seed(4))
     assert torch.equal(x.grad, mask)
+
+
+def test_stacked_masks_are_each_models_masks_drawn_alone():
+    """Model n's masks of every shape, drawn together, equal its masks drawn one call at a time
+    from a generator seeded alike (odd sizes: the last 64-bit word is only partly used)."""
+    from cupl.method.models import dropout_masks_stacked
+
+    shapes, seeds = [(3, 7), (5, 2)], [11, 12, 13]
+    stacked = dropout_masks_stacked(3, shapes, 0.8, [torch.Generator().manual_seed(s) for s in seeds])
+    for n, seed in enumerate(seeds):
+        alone = torch.Generator().manual_seed(seed)
+        for shape, masks in zip(shapes, stacked):
+            assert masks.shape == (3, *shape)
+            assert torch.equal(masks[n], dropout_mask(shape, 0.8, generator=alone))
+    with pytest.raises(ValueError, match="2 generators"):
+        dropout_masks_stacked(3, shapes, 0.8, [torch.Generator(), torch.Generator()])

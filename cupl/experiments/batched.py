@@ -36,7 +36,7 @@ from cupl.experiments.train import (STAGE2_SEED_OFFSET, RunResult, check_finite_
                                     train_generator)
 from cupl.method.evaluate import evaluate_scores
 from cupl.method.losses import clip_loss
-from cupl.method.models import ClipClassifier, dropout_mask
+from cupl.method.models import ClipClassifier, dropout_masks_stacked
 from cupl.util import progress as progress_bar
 
 
@@ -122,21 +122,31 @@ def init_from(glob: torch.Generator, make):
 # ---------------------------------------------------------------- f_c, batched
 
 
-# `ClipClassifier.regressor` layers as stacks: (weight, bias) of layers 0, 3 and 5
+# `ClipClassifier.regressor` layers as stacks: (weight, bias) of layers 0, 3 and 5; the weights of
+# layers 0 and 3 are stacked transposed, [N, in, out], so that their gradients come out of the
+# batched matmul in the stack's own layout (a transposed stack costs a copy of each gradient)
 LAYERS = ("regressor.0.weight", "regressor.0.bias", "regressor.3.weight", "regressor.3.bias",
           "regressor.5.weight", "regressor.5.bias")
+TRANSPOSED = ("regressor.0.weight", "regressor.3.weight")
 
 
 def stack_classifiers(models: list[ClipClassifier], device) -> list[torch.Tensor]:
     """The `LAYERS` of N classifiers of one layout as trainable stacks [N, ...] on `device`."""
     states = [m.state_dict() for m in models]
-    return [torch.stack([s[name] for s in states]).to(device).requires_grad_() for name in LAYERS]
+    stacks = []
+    for name in LAYERS:
+        stack = torch.stack([s[name] for s in states])
+        if name in TRANSPOSED:
+            stack = stack.transpose(1, 2)
+        stacks.append(stack.to(device).contiguous().requires_grad_())
+    return stacks
 
 
 def unstack_classifier(params: list[torch.Tensor], n: int, like: ClipClassifier) -> ClipClassifier:
     """A `ClipClassifier` of `like`'s layout holding member n of the stacks, in eval mode."""
     model = ClipClassifier(like.in_dim, like.hidden, like.dropout, like.two_way).to(params[0].device)
-    model.load_state_dict({name: p[n].detach().clone() for name, p in zip(LAYERS, params)})
+    model.load_state_dict({name: (p[n].T if name in TRANSPOSED else p[n]).detach().clone()
+                           for name, p in zip(LAYERS, params)})
     return model.eval()
 
 
@@ -145,8 +155,8 @@ def stacked_logits(params: list[torch.Tensor], x: torch.Tensor, masks, two_way: 
     -> N logits [B]. The first two layers as batched matmuls, the last one per model (module
     docstring)."""
     w1, b1, w2, b2, w3, b3 = params
-    h = F.relu(torch.baddbmm(b1[:, None], x, w1.transpose(1, 2))) * masks[0]
-    z = torch.baddbmm(b2[:, None], h, w2.transpose(1, 2)) * masks[1]
+    h = F.relu(torch.baddbmm(b1[:, None], x, w1)) * masks[0]
+    z = torch.baddbmm(b2[:, None], h, w2) * masks[1]
     out = [F.linear(z[n], w3[n], b3[n]) for n in range(len(z))]
     return [o[..., 1] - o[..., 0] if two_way else o[..., 0] for o in out]
 
@@ -204,17 +214,21 @@ def _train_stack(train: Split, labels, rows, cfg: ClipConfig, window: int, strea
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     weights = cfg.class_weights if cfg.loss == "weighted" else None
     (h1, h2), p = cfg.hidden, models[0].dropout
-    for step in progress_bar(range(len(schedules[0])), progress, leave=False, desc=f"f_c, {len(rows)} models"):
+    # rows of [clips * crops, D] tables: one gather per table and step
+    features = train.features.reshape(-1, train.features.shape[-1])
+    memory = memory.reshape(-1, memory.shape[-1])
+    count = len(rows)
+    for step in progress_bar(range(len(schedules[0])), progress, leave=False, desc=f"f_c, {count} models"):
         sample = torch.stack([s[step] for s in schedules]).to(device)  # [N, B] into each model's samples
         clip = base + torch.div(sample, num_crops, rounding_mode="floor")
         crop = sample % num_crops
-        x = torch.cat([train.features[all_rows[clip], crop], memory[clip, crop]], dim=-1)  # [N, B, 2D]
         b = sample.shape[1]
-        masks = [torch.ones(len(rows), b, h, device=device) for h in (h1, h2)]
+        x = torch.cat([features.index_select(0, (all_rows[clip] * num_crops + crop).flatten()),
+                       memory.index_select(0, (clip * num_crops + crop).flatten())], dim=-1).view(count, b, -1)
         if p > 0:  # as each model alone draws them: its first site, then its second
-            for n, s in enumerate(streams):
-                for site, h in enumerate((h1, h2)):
-                    masks[site][n] = dropout_mask((b, h), p, device=device, generator=s.dropout)
+            masks = dropout_masks_stacked(count, [(b, h1), (b, h2)], p, [s.dropout for s in streams], device=device)
+        else:
+            masks = [torch.ones(count, b, h, device=device) for h in (h1, h2)]
         with autocast(device, amp):
             logits = stacked_logits(params, x, masks, models[0].two_way)
         loss = sum(clip_loss(z.float(), targets[c], class_weights=weights, label_smoothing=cfg.label_smoothing)

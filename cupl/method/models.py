@@ -34,13 +34,46 @@ def dropout_mask(shape, p: float, *, device=None, generator: torch.Generator | N
     `generator` (torch's default generator of `device` when None), in the order of a
     contiguous tensor of `shape`, whatever the layout of the input it will multiply.
     """
+    kept = _kept_levels(p)
+    n = math.prod(shape)
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, (_words(n),), dtype=torch.int64, device=device,
+                          generator=generator)
+    return _mask_from_words(words, n, shape, kept, dtype)
+
+
+def dropout_masks_stacked(count: int, shape, p: float, generators: list, *, device=None,
+                          dtype=torch.float32) -> list[torch.Tensor]:
+    """`dropout_mask(shape, p, generator=generators[n])` for several shapes and models at once:
+    masks[i][n] [*shape[i]] of models n = 0..count-1, model n drawing its masks in the order of
+    `shape` from its generator, as it would alone. The same bits as one call per model and
+    shape; the words are drawn into one buffer per shape and compared and scaled together.
+    """
+    if len(generators) != count:
+        raise ValueError(f"dropout_masks_stacked: {count} models but {len(generators)} generators")
+    kept = _kept_levels(p)
+    sizes = [math.prod(s) for s in shape]
+    words = [torch.empty(count, _words(n), dtype=torch.int64, device=device) for n in sizes]
+    for m, generator in enumerate(generators):
+        for buffer, n in zip(words, sizes):
+            torch.randint(-(1 << 63), (1 << 63) - 1, (_words(n),), dtype=torch.int64, device=device,
+                          generator=generator, out=buffer[m])
+    return [_mask_from_words(w, n, (count, *s), kept, dtype) for w, n, s in zip(words, sizes, shape)]
+
+
+def _kept_levels(p: float) -> int:
     kept = round((1.0 - p) * _LEVELS)
     if not 0 < kept <= _LEVELS:
         raise ValueError(f"dropout_mask: p must leave some units, got p={p!r}")
-    n = math.prod(shape)
-    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, device=device,
-                          generator=generator)
-    keep = words.view(torch.int16)[:n].view(shape) < kept - (_LEVELS >> 1)
+    return kept
+
+
+def _words(n: int) -> int:
+    return (n + 3) // 4  # four 16-bit mask entries per 64-bit word
+
+
+def _mask_from_words(words: torch.Tensor, n: int, shape, kept: int, dtype) -> torch.Tensor:
+    """The first n 16-bit slices of each row of `words` ([..., W] int64) as a mask of `shape`."""
+    keep = words.view(torch.int16)[..., :n].reshape(shape) < kept - (_LEVELS >> 1)
     return keep.to(dtype).mul_(_LEVELS / kept)
 
 

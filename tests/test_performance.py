@@ -72,6 +72,18 @@ def hand_made():
         # the same at two threads is outside the goal's condition
         "pipeline_two": {"profile": "quick", "machine": {"cpu": "Test CPU", "cpu_cores": 2, "torch_threads": 2},
                          "date": "d", "rows": [{"stage": "stage1", "seconds": 1.0, "floor_s": 1.0}]},
+        # a GPU sweep of Table 4 at full: 130 s > 120 s, not met; the same grid at quick is outside the goal
+        "sweep_gpu": {"ratio": 9.0, "max_abs_auc_diff": 0.0, "batched_s": 130.0, "device": "cuda", "grid": "table4",
+                      "profile": "full", "machine": machine, "date": "d"},
+        "sweep_gpu_quick": {"ratio": 9.0, "max_abs_auc_diff": 0.0, "batched_s": 10.0, "device": "cuda",
+                            "grid": "table4", "profile": "quick", "machine": machine, "date": "d"},
+        # install 50 s + book 290 s = 340 s <= 360 met; rerun 75 s > 60 not met
+        "fresh_book": {"profiles": ["quick"], "install_s": 50.0, "book_s": 290.0, "fresh_s": 340.0, "complete": True,
+                       "rerun_s": 75.0, "change": {"chapter": "04", "parameter": "check_clips", "value": "1000"},
+                       "machine": machine, "date": "d"},
+        # a fresh book at smoke is outside the first goal; one that stopped before its rerun has none
+        "fresh_book_smoke": {"profiles": ["smoke"], "install_s": 50.0, "book_s": 10.0, "fresh_s": 60.0,
+                             "complete": False, "machine": machine, "date": "d"},
         # compute 10 + 4 = 14 s met; wall 14 + 50 = 64 s not met
         "gpu_check_x": {"machine": {"cpu": "Host", "cpu_cores": 16, "gpu": "Test GPU"},
                         "steps": {"pipeline": {"status": "ok", "rows": [{"stage": "load", "seconds": 99.0},
@@ -92,6 +104,11 @@ def test_goal_verdicts_of_hand_made_results():
     assert v[("pipeline_quick", "quick pipeline, one thread: stages against their floor")] == MET
     assert v[("pipeline_two", "quick pipeline, one thread: stages against their floor")] == NOT_MEASURED
     assert v[("gpu_check_x", "paper-scale run on one GPU: compute")] == MET
+    assert v[("sweep_gpu", "sweep on one GPU: Table 4 x 3 seeds at paper scale, batched")] == NOT_MET
+    assert not [k for k in v if k[0] == "sweep_gpu_quick"]
+    assert v[("fresh_book", "fresh clone: make book, install included")] == MET
+    assert v[("fresh_book", "book again after one chapter's parameter changes, the rest reused")] == NOT_MET
+    assert not [k for k in v if k[0] == "fresh_book_smoke"]
     assert v[("gpu_check_x", "paper-scale run on one GPU: wall, with reading the training split")] == NOT_MET
 
 
@@ -106,7 +123,7 @@ def test_measured_values_are_worked_out_by_hand():
 def test_goals_without_results_are_not_measured():
     rows = goal_rows({}, runs=[])
     assert rows and all(r["verdict"] == NOT_MEASURED for r in rows)
-    assert len(rows) == 1 + 3 + 1 + 1 + 2 + 1
+    assert len(rows) == 1 + 3 + 2 + 1 + 2 + 2 + 1
 
 
 def test_met_goals_flip_when_a_number_crosses_its_target():
@@ -116,6 +133,11 @@ def test_met_goals_flip_when_a_number_crosses_its_target():
     v = _verdicts(goal_rows(results))
     assert v[("mc_dropout", "MC-Dropout: exact-fast path over train-mode passes")] == MET
     assert v[("sweep", "sweep: runs one by one against batched")] == MET
+    results["sweep_gpu"]["batched_s"] = 120.0
+    results["fresh_book"]["rerun_s"] = 60.0
+    v = _verdicts(goal_rows(results))
+    assert v[("sweep_gpu", "sweep on one GPU: Table 4 x 3 seeds at paper scale, batched")] == MET
+    assert v[("fresh_book", "book again after one chapter's parameter changes, the rest reused")] == MET
 
 
 def test_provenance_of_each_format():

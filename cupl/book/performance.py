@@ -231,7 +231,7 @@ def fresh_book_goals(name: str, r: dict) -> list[dict]:
     if r.get("complete"):
         change = r["change"]
         out.append({"goal": FRESH_GOALS[1][0], "target": FRESH_GOALS[1][1], "value": r["rerun_s"], "result": name,
-                    "measured": f"{r['rerun_s']:.0f} s (chapter {change['chapter']}, {change['parameter']} = "
+                    "measured": f"{r['rerun_s']:.0f} s (notebook {change['chapter']}, {change['parameter']} = "
                                 f"{change['value']})", "verdict": _verdict(r["rerun_s"] <= 60)})
     return out
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cupl.book.performance import write_result  # noqa: E402
 from cupl.config import make_config  # noqa: E402
 from cupl.experiments import load_data  # noqa: E402
+from cupl.experiments.timing import stage_totals  # noqa: E402
 from cupl.experiments.train import run, train_clip_classifier, train_generator  # noqa: E402
 
 
@@ -73,11 +74,9 @@ def main(argv=None) -> int:
     train = data.train
 
     result = run(config, train, data.test, progress=False, keep_arrays=True)
-    stages = {"stage1": 0.0, "train": 0.0}
-    for key, seconds in result.timings.items():
-        if key.split(".")[-1] in stages:
-            stages[key.split(".")[-1]] += seconds
-    run_s = sum(s for k, s in result.timings.items() if k != "load")
+    totals = stage_totals([result.timings])
+    stages = {k: totals.get(k, 0.0) for k in ("stage1", "train")}
+    run_s = sum(s for k, s in totals.items() if k != "load")
     print(f"one run ({args.profile}, {args.threads} threads): {run_s:.1f} s, stage 1 {stages['stage1']:.1f} s, "
           f"f_c training {stages['train']:.1f} s")
 

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cupl.experiments.batched import run_many  # noqa: E402
-from cupl.experiments.timing import cpu_name  # noqa: E402
+from cupl.experiments.timing import cpu_name, stage_totals  # noqa: E402
 from cupl.config import VARIANTS, make_config  # noqa: E402
 from cupl.experiments import load_data  # noqa: E402
 from cupl.files import atomic_write  # noqa: E402
@@ -52,12 +52,8 @@ def sweep_configs(grid: str, preset: str, profile: str, device: str, alphas, see
 
 
 def by_stage(results) -> dict[str, float]:
-    """Seconds per stage summed over runs (iterations folded together)."""
-    out = dict.fromkeys(STAGES, 0.0)
-    for r in results:
-        for key, seconds in r.timings.items():
-            out[key.split(".")[-1]] += seconds
-    return out
+    """Seconds per stage summed over runs (iterations folded together), every stage named."""
+    return dict.fromkeys(STAGES, 0.0) | stage_totals(r.timings for r in results)
 
 
 def main(argv=None) -> int:

@@ -66,6 +66,17 @@ class StageTimer:
         return out
 
 
+def stage_totals(timings) -> dict[str, float]:
+    """Seconds per stage, summed over runs' `timings` (RunResult.timings) with the iterations
+    folded together: "iter1.train" and "iter2.train" both count as "train"."""
+    out: dict[str, float] = {}
+    for run_timings in timings:
+        for key, seconds in run_timings.items():
+            stage = key.split(".")[-1]
+            out[stage] = out.get(stage, 0.0) + seconds
+    return out
+
+
 def cpu_name() -> str:
     """The processor's model name, for provenance and benchmark reports."""
     import platform

@@ -158,3 +158,50 @@ def test_sweep_benchmark_reports_equal_runs(load_benchmark, tmp_path, monkeypatc
     assert result["runs"] == 2 and result["max_abs_auc_diff"] == 0.0 and result["max_abs_auc_diff_any_iteration"] == 0.0
     assert result["separate_s"] > 0 and result["batched_s"] > 0
     assert result["ratio"] == pytest.approx(result["separate_s"] / result["batched_s"])
+
+
+def test_stage_totals_fold_iterations_and_runs():
+    from cupl.experiments.timing import stage_totals
+
+    runs = [{"load": 1.0, "stage1": 2.0, "iter1.train": 0.5, "iter2.train": 0.25},
+            {"stage1": 3.0, "iter1.train": 1.0, "iter1.score": 0.125}]
+    assert stage_totals(runs) == {"load": 1.0, "stage1": 5.0, "train": 1.75, "score": 0.125}
+    assert stage_totals([]) == {}
+
+
+def test_headroom_benchmark_bound_follows_from_its_own_numbers(load_benchmark, tmp_path, monkeypatch):
+    """The bound is recomputed here from the JSON's stage seconds and headrooms (each headroom from
+    its two step times), so a wrong formula in the script fails."""
+    monkeypatch.setenv("CUPL_CACHE", str(tmp_path / "cache"))
+    headroom = load_benchmark("headroom")
+    out = tmp_path / "headroom.json"
+    assert headroom.main(["--profile", "smoke", "--models", "3", "--steps", "2", "--repeats", "1", "--threads", "1",
+                          "--json", str(out)]) == 0
+    import json
+
+    r = json.loads(out.read_text())
+    assert r["models"] == 3 and r["machine"] and r["date"]
+    for h in r["headroom"].values():
+        assert h["alone_ms"] > 0 and h["stacked_ms"] > 0
+        assert h["headroom"] == pytest.approx(h["alone_ms"] / h["stacked_ms"])
+    stages = r["run_stages_s"]
+    assert 0 < stages["stage1"] + stages["train"] < r["run_s"]
+    floor = sum(stages[k] / max(1.0, r["headroom"][k]["headroom"]) for k in ("stage1", "train"))
+    assert r["bound"] == pytest.approx(r["run_s"] / floor) and r["bound"] >= 1.0
+    with pytest.raises(SystemExit):
+        headroom.main(["--models", "1"])
+
+
+def test_fresh_book_refuses_a_folder_in_use_and_names_a_failed_step(load_benchmark, tmp_path, capsys):
+    fresh = load_benchmark("fresh_book")
+    (tmp_path / "in_use").mkdir()
+    (tmp_path / "in_use" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        fresh.main(["--dir", str(tmp_path / "in_use")])
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "in_use" / "keep.txt").read_text() == "mine"
+    numbers = {}
+    with pytest.raises(SystemExit, match="broken failed"):
+        fresh.step("broken", ["sh", "-c", "echo oops; exit 3"], tmp_path, numbers)
+    assert "exited with 3" in numbers["failed"] and "oops" in (tmp_path / "broken.log").read_text()
+    assert fresh.step("fine", ["true"], tmp_path, numbers) >= 0

@@ -378,7 +378,7 @@ def split_tensor(shape: tuple, dtype, device) -> "torch.Tensor":
     count = int(np.prod(shape))
     if device.type != "cpu" or count == 0:
         return torch.empty(shape, dtype=dtype, device=device)
-    raw = np.empty(count * torch.empty((), dtype=dtype).element_size(), dtype=np.uint8)
+    raw = np.empty(count * dtype.itemsize, dtype=np.uint8)
     return torch.from_numpy(raw).view(dtype).view(shape)
 
 
